@@ -201,7 +201,8 @@ def load_space(ref: str | Path | None = None) -> SearchSpace:
     """Load a space: a TOML file that narrows the family, or a built-in name.
 
     A file holds one key per hyperparameter to narrow; unnamed ones keep the family's
-    values. A scalar fixes the value, a list restricts the choices, a table narrows a
+    values. Where the seed's value is narrowed away, the default becomes the allowed
+    value nearest to it (or the first listed) unless the file gives one. A scalar fixes the value, a list restricts the choices, a table narrows a
     range (``{min = 2, max = 4}``, numeric hyperparameters only) or gives
     ``{values = [...], default = ...}``; ``default`` may go with either table form::
 
@@ -283,8 +284,10 @@ def _narrow(spec: Spec, override: Any, label: str) -> Spec:
 
     if default is not None:
         default = _check_values(spec, [default], where + " default", values, ", ".join(map(_fmt, values)))[0]
-    elif spec.default in values:
+    elif any(_same(spec.default, v) for v in values):
         default = spec.default
+    elif _is_number(spec.default) and all(_is_number(v) for v in values):
+        default = min(values, key=lambda v: abs(v - spec.default))  # nearest to the seed
     else:
         default = values[0]
     if isinstance(spec, Choice):

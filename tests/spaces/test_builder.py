@@ -1,0 +1,141 @@
+"""The builder reproduces the book's model and builds every member of the family."""
+
+import numpy as np
+import pytest
+
+from xtune.spaces import (
+    FAMILY,
+    PRESETS,
+    MiniXceptionConfig,
+    build_model,
+    compile_model,
+    count_params,
+)
+
+
+def _book_model():
+    """Chollet, Deep Learning with Python, 2nd ed., listing in section 9.3.5, verbatim."""
+    import keras
+    from keras import layers
+
+    data_augmentation = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal"),
+            layers.RandomRotation(0.1),
+            layers.RandomZoom(0.2),
+        ]
+    )
+    inputs = keras.Input(shape=(180, 180, 3))
+    x = data_augmentation(inputs)
+    x = layers.Rescaling(1.0 / 255)(x)
+    x = layers.Conv2D(filters=32, kernel_size=5, use_bias=False)(x)
+    for size in [32, 64, 128, 256, 512]:
+        residual = x
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(size, 1, strides=2, padding="same", use_bias=False)(residual)
+        x = layers.add([x, residual])
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    model.compile(loss="binary_crossentropy", optimizer="rmsprop", metrics=["accuracy"])
+    return model
+
+
+def _flat_layers(model):
+    import keras
+
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Sequential):
+            out.extend(_flat_layers(layer))
+        elif not isinstance(layer, keras.layers.InputLayer):
+            out.append(layer)
+    return out
+
+
+def _signature(layer):
+    """What makes two layers the same layer of the book, whatever their names."""
+    cfg = layer.get_config()
+    keep = ("filters", "kernel_size", "strides", "padding", "use_bias", "units", "activation",
+            "rate", "mode", "factor", "height_factor", "scale", "pool_size", "momentum", "depth_multiplier")
+    return (type(layer).__name__, {k: cfg[k] for k in keep if k in cfg})
+
+
+def test_seed_is_the_books_model():
+    book = _book_model()
+    seed = compile_model(build_model(PRESETS["seed"], (180, 180, 3), 2), PRESETS["seed"])
+    assert seed.count_params() == book.count_params() == 721_857
+    assert [_signature(l) for l in _flat_layers(seed)] == [_signature(l) for l in _flat_layers(book)]
+    assert type(seed.optimizer).__name__ == type(book.optimizer).__name__ == "RMSprop"
+    assert float(seed.optimizer.learning_rate) == pytest.approx(float(book.optimizer.learning_rate))
+    assert seed.loss == book.loss == "binary_crossentropy"
+
+
+def test_layer_names_are_systematic():
+    names = [layer.name for layer in build_model(PRESETS["seed"], (64, 64, 3), 2).layers]
+    assert names[:6] == ["image", "augment_flip", "augment_rotation", "augment_zoom", "rescale", "stem_conv"]
+    assert ["stage1_bn1", "stage1_act1", "stage1_sepconv1", "stage1_bn2"] == names[6:10]
+    assert {"stage5_pool", "stage5_project", "stage5_add"} <= set(names)
+    assert names[-3:] == ["head_pool", "head_dropout", "predictions"]
+
+
+def test_inference_model_has_no_augmentation_and_same_weights():
+    train = build_model(PRESETS["seed"], (32, 32, 3), 2)
+    infer = build_model(PRESETS["seed"], (32, 32, 3), 2, augmentation=False)
+    assert not any(l.name.startswith("augment_") for l in infer.layers)
+    assert [w.path for w in train.weights] == [w.path for w in infer.weights]
+
+
+@pytest.mark.parametrize("num_classes, units, loss", [(2, 1, "binary_crossentropy"), (5, 5, "sparse_categorical_crossentropy")])
+def test_head_and_loss_follow_the_class_count(num_classes, units, loss):
+    model = compile_model(build_model(PRESETS["seed"], (32, 32, 3), num_classes), PRESETS["seed"])
+    assert model.output_shape == (None, units)
+    assert model.loss == loss
+    assert model.get_layer("predictions").get_config()["activation"] == ("sigmoid" if units == 1 else "softmax")
+
+
+def _every_value():
+    for spec in FAMILY:
+        for value in spec.all_values():
+            yield spec.name, value
+
+
+@pytest.mark.parametrize("num_classes", [2, 5])
+@pytest.mark.parametrize("name, value", list(_every_value()), ids=lambda v: str(v))
+def test_every_value_builds_and_trains_one_step(name, value, num_classes):
+    config = PRESETS["seed"].replace(**{name: value})
+    model = compile_model(build_model(config, (32, 32, 3), num_classes), config)
+    model.run_eagerly = True  # one step: tracing a graph would cost more than the step
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, num_classes, 4).astype("int32")
+    loss, _ = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert model.count_params() == count_params(config, (32, 32, 3), num_classes)
+
+
+@pytest.mark.parametrize("size", [16, 17, 33])
+def test_deepest_widest_configs_build_on_small_inputs(size):
+    config = MiniXceptionConfig(num_stages=6, stem_kernel=7, kernel_size=5, convs_per_stage=3, base_width=8)
+    model = build_model(config, (size, size, 3), 3)
+    out = model(np.zeros((1, size, size, 3), "float32"), training=False)
+    assert out.shape == (1, 3)
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 16x16"):
+        build_model(PRESETS["seed"], (8, 8, 3), 2)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_and_counts(preset):
+    for shape, classes in [((32, 32, 3), 2), ((48, 40, 3), 7)]:
+        model = build_model(PRESETS[preset], shape, classes)
+        assert model.count_params() == count_params(PRESETS[preset], shape, classes)
