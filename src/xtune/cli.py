@@ -132,6 +132,270 @@ def space_check(file):
                f"{len(loaded.searched())} hyperparameters searched, {len(loaded.fixed())} fixed")
 
 
+# ---------------------------------------------------------------------------- search
+
+_PROJECT = click.option("--project", type=click.Path(file_okay=False, path_type=Path),
+                        help="The search directory (runs/NAME).")
+
+
+def _project_required(project):
+    if project is None:
+        raise click.UsageError("--project is required (the search directory, e.g. runs/demo)")
+    return project
+
+
+def _default_project(data: str | None) -> Path | None:
+    if data is None:
+        return None
+    name = data.split(":", 1)[-1].rstrip("/\\") or "search"
+    return Path("runs") / (Path(name).name or "search")
+
+
+def _given(ctx, names):
+    """The options the user passed (command line or TUNE_* environment), by name."""
+    from click.core import ParameterSource
+
+    explicit = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) in explicit}
+
+
+_SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "factor", "objective", "seed",
+             "max_consecutive_failures")
+
+
+@tune.command()
+@click.option("--data", metavar="SOURCE", help="demo, kaggle:dogs-vs-cats, or a folder of class sub-folders. Required for a new search.")
+@_PROJECT
+@click.option("--max-trials", type=click.IntRange(1), default=50, show_default=True,
+              help="Trial budget, promotions included. It becomes the largest plan of complete Hyperband "
+                   "brackets (each ending at --max-epochs) with at most this many trials.")
+@click.option("--max-epochs", type=click.IntRange(1), default=100, show_default=True,
+              help="Epochs of one full training (the last round of every bracket).")
+@click.option("--factor", type=click.IntRange(2), default=3, show_default=True, help="Hyperband's reduction factor.")
+@click.option("--space", "space_ref", default=None, help=_SPACE_HELP + "  [default: default]")
+@click.option("--image-size", type=click.IntRange(16, 2048), default=180, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy", show_default=True)
+@click.option("--seed", type=int, default=1337, show_default=True,
+              help="Seeds the architectures drawn, the weights and the data order.")
+@click.option("--max-failures", "max_consecutive_failures", type=click.IntRange(1), default=10, show_default=True,
+              help="Stop after this many failed trials in a row.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="auto: on for GPUs that support it; CPU training stays float32.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where prepared data is cached (default: the user's cache directory).")
+@click.option("--overwrite", is_flag=True, help="Delete the search in --project and start over.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the Hyperband plan and train nothing.")
+@click.option("--quiet", "verbosity", flag_value=0, help="Only the final summary.")
+@click.option("--verbose", "verbosity", flag_value=2, help="Also one line per epoch.")
+@click.pass_context
+def search(ctx, data, project, space_ref, mixed_precision, data_dir, overwrite, plan_only, verbosity, **_):
+    """Run a Hyperband search over the mini-Xception family; resume it if it exists.
+
+    A new search needs --data. Running the same command (or just --project) again
+    resumes an interrupted search where it stopped, with the settings stored in the
+    project's run.json: completed trials are kept, the interrupted trial continues
+    from its last completed epoch. A flag that contradicts run.json is refused;
+    --overwrite is the only way to start over. Ctrl-C stops within the current epoch
+    and leaves the search resumable.
+
+    \b
+    tune search --data demo --image-size 32 --max-trials 20 --max-epochs 9
+    tune search --data kaggle:dogs-vs-cats --max-trials 50 --project runs/cats
+    tune search --project runs/cats          # resume
+    """
+    project = project or _default_project(data)
+    given = _given(ctx, _SETTINGS)
+    verbosity = 1 if verbosity is None else verbosity
+    if plan_only:
+        from xtune.search import SearchSettings, resolve_settings
+        from xtune.search._run import check_plan_fits_space
+        from xtune.spaces import load_space
+
+        if project is not None and (project / "run.json").exists() and not overwrite:
+            settings, space_obj, _ = resolve_settings(project, given, space_ref=space_ref)
+        else:
+            settings = SearchSettings(**{"data": data or "-", **given})
+            space_obj = load_space(space_ref)
+        plan = settings.plan()
+        _echo_plan(plan)
+        check_plan_fits_space(plan, space_obj)
+        return
+    if project is None:
+        raise click.UsageError("give --data to start a search, or --project to resume one")
+    from xtune.search import run_search
+
+    _quiet_tensorflow()
+    outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, overwrite=overwrite,
+                         progress=_SearchPrinter(verbosity), mixed_precision=mixed_precision)
+    _echo_outcome(outcome)
+    if outcome.status == "interrupted":
+        ctx.exit(130)
+    if outcome.status == "stopped":
+        ctx.exit(1)
+
+
+def _echo_plan(plan) -> None:
+    click.echo(f"Hyperband plan for --max-trials {plan.max_trials} --max-epochs {plan.max_epochs} --factor {plan.factor}:")
+    click.echo(f"{plan.num_brackets} bracket(s) per iteration, {plan.iterations} iteration(s) "
+               f"({len(plan.brackets)} bracket(s) in all)")
+    rows = []
+    for b in plan.brackets:
+        rounds = "  ".join(f"{r.trials}x{r.epochs}ep" for r in b.rounds)
+        rows.append({"iteration": b.iteration + 1, "bracket": b.number, "rounds (trials x epochs)": rounds,
+                     "trials": b.trials, "epochs trained": b.epochs})
+    _echo_table(rows)
+    click.echo()
+    click.echo(f"total trials:           {plan.total_trials} (of at most {plan.max_trials})")
+    click.echo(f"distinct architectures: {plan.architectures}")
+    click.echo(f"total epochs:           {plan.total_epochs:,} = {plan.full_trainings:.1f}x one "
+               f"{plan.max_epochs}-epoch training")
+
+
+def _short_values(values: dict) -> str:
+    v = values
+    parts = [f"{v.get('num_stages')}x{v.get('base_width')}" + (f"*{v.get('width_growth'):g}" if v.get("num_stages", 1) > 1 else ""),
+             "sep" if v.get("conv_type") == "separable" else "std",
+             "res" if v.get("residual") else "nores",
+             f"bn{v.get('bn_momentum'):g}" if v.get("batch_norm") else "nobn",
+             f"c{v.get('convs_per_stage')}k{v.get('kernel_size')}",
+             f"stem{v.get('stem_filters')}/{v.get('stem_kernel')}",
+             f"drop{v.get('dropout'):g}"]
+    aug = [name for name, on in (("flip", v.get("flip") not in (None, "none")), ("rot", v.get("rotation")),
+                                 ("zoom", v.get("zoom"))) if on]
+    parts.append("+".join(aug) if aug else "noaug")
+    parts.append(f"{v.get('optimizer')}@{v.get('learning_rate'):g}")
+    return " ".join(parts)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _SearchPrinter:
+    """Renders search events: one line per trial (and per epoch with --verbose)."""
+
+    def __init__(self, verbosity: int):
+        self.verbosity = verbosity
+        self.starts = {}
+        self.objective = "val_accuracy"
+
+    def __call__(self, e):
+        kind = e["event"]
+        if kind == "search_start":
+            self.objective = e["settings"]["objective"]
+            for note in e["notes"]:
+                click.echo(f"Warning: {note}", err=True)
+            if self.verbosity:
+                plan = e["plan"]
+                what = "Resuming" if e["resumed"] else "Starting"
+                done = f", {e['completed'] + e['failed']} done" if e["resumed"] else ""
+                device = ", ".join(e["devices"]["gpus"]) or "CPU"
+                click.echo(f"{what} {e['project']}: {plan['total_trials']} trials in {len(plan['brackets'])} "
+                           f"Hyperband bracket(s){done} ({device}, {e['devices']['policy']})")
+        elif kind == "trial_start":
+            self.starts[e["trial_id"]] = e
+        elif kind == "epoch_end" and self.verbosity >= 2:
+            logs = e["logs"]
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            click.echo(f"    trial {e['trial_id']} epoch {e['epoch']}/{e['epochs']}  {metrics}  ({e['seconds']:.1f}s)")
+        elif kind == "trial_end" and self.verbosity:
+            start = self.starts.get(e["trial_id"], {})
+            width = len(str(e["total"]))
+            where = f"b{start.get('bracket')} r{start.get('round')}"
+            epochs = f"{start.get('initial_epoch', 0)}->{start.get('epochs')}ep"
+            if e["status"] == "COMPLETED":
+                result = f"{self.objective} {e['score']:.4f}"
+            else:
+                result = f"FAILED: {e.get('reason')}"
+            best = f"best {e['best']:.4f}" if e.get("best") is not None else "best -"
+            click.echo(f"trial {e['index']:>{width}}/{e['total']}  {where}  {epochs:>9}  "
+                       f"{_short_values(start.get('values', {}))}  {result}  {best}  "
+                       f"{_duration(e['elapsed'])}  ~{_duration(e['eta'])} left")
+
+
+def _echo_outcome(outcome) -> None:
+    project = outcome.project
+    if outcome.status == "already finished":
+        click.echo(f"The search in {project} is finished ({outcome.completed} trials completed, "
+                   f"{outcome.failed} failed). See: tune results --project {project}")
+        return
+    if outcome.status == "interrupted":
+        where = ""
+        if outcome.interrupted_trial:
+            t = outcome.interrupted_trial
+            where = f" during trial {t['trial_id']} ({t['epochs_saved']} of {t['epochs']} epochs saved)"
+        click.echo(f"Interrupted{where}. Resume with: tune search --project {project}", err=True)
+        return
+    if outcome.status == "stopped":
+        click.echo(f"Stopped: {outcome.message}. Fix the cause, then resume with: tune search --project {project}",
+                   err=True)
+        return
+    click.echo(f"Search finished: {outcome.completed + outcome.failed} trials "
+               f"({outcome.completed} completed, {outcome.failed} failed).")
+    if outcome.best:
+        b = outcome.best
+        click.echo(f"Best: trial {b['trial_id']} with {b['score']:.4f}: {_short_values(b['values'])}")
+    click.echo(f"Next: tune results --project {project}   |   tune export --project {project}")
+
+
+@tune.command()
+@_PROJECT
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def status(project, fmt):
+    """Is a search running, finished or interrupted, and how far along is it?"""
+    from xtune.search import search_status
+
+    info = search_status(_project_required(project))
+    if fmt == "json":
+        _echo_json(info)
+        return
+    click.echo(f"{info['project']}: {info['state']}"
+               + (f" (pid {info['owner'].get('pid')} on {info['owner'].get('host')})" if info["owner"] else ""))
+    click.echo(f"trials: {info['trials_ended']} of {info['plan_trials']} planned "
+               f"({info['completed']} completed, {info['failed']} failed)")
+    if info["best"]:
+        click.echo(f"best: trial {info['best']['trial_id']}, {info['objective']} {info['best']['score']:.4f}")
+    for t in info["interrupted"]:
+        click.echo(f"interrupted: trial {t['trial_id']} at epoch {t['epochs_saved']} of {t['epochs']} "
+                   f"(resumes there; started at {t['initial_epoch']})")
+    if info["interrupted"]:
+        click.echo(f"epochs saved for the resume: {info['epochs_saved']}")
+    for problem in info["problems"]:
+        click.echo(f"damaged: {problem} (the next `tune search` repairs what it can)")
+    if info["state"] == "interrupted":
+        click.echo(f"resume: tune search --project {info['project']}")
+
+
+@tune.command()
+@_PROJECT
+@click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True)
+@click.option("--host", default="localhost", show_default=True, help="Interface to serve on (0.0.0.0 for all).")
+def board(project, port, host):
+    """Start TensorBoard on a search's trials (with the HParams dashboard).
+
+    Each trial logs its epochs to runs/NAME/logs/<trial>, with its hyperparameters,
+    bracket and round; open the HParams tab to compare them. Ctrl-C stops it.
+    """
+    project = _project_required(project)
+    logs = project / "logs"
+    if not logs.is_dir():
+        raise click.ClickException(f"no TensorBoard logs in {project} yet (is it a tune search that has started?)")
+    from xtune.search import start_tensorboard
+
+    url, wait = start_tensorboard(logs, port=port, host=host)
+    click.echo(f"TensorBoard for {project}: {url}  (Ctrl-C to stop)")
+    try:
+        wait()
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`tune`)."""
     tune.main(args=argv, prog_name="tune")

@@ -166,6 +166,28 @@ class SearchSpace:
                 total *= sum(n_child if v in child.condition[1] else 1 for v in spec.all_values())
         return total
 
+    def to_dict(self) -> dict:
+        """JSON-ready form (stored in a search's run.json, so a resume needs no file)."""
+        return {
+            "name": self.name,
+            "specs": [{"kind": type(s).__name__, **dataclasses.asdict(s)} for s in self.specs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchSpace":
+        """Inverse of ``to_dict``."""
+        kinds = {"Choice": Choice, "IntRange": IntRange, "FloatRange": FloatRange}
+        specs = []
+        for raw in data["specs"]:
+            raw = dict(raw)
+            kind = kinds[raw.pop("kind")]
+            if raw.get("values") is not None:
+                raw["values"] = tuple(raw["values"])
+            if raw.get("condition"):
+                raw["condition"] = (raw["condition"][0], tuple(raw["condition"][1]))
+            specs.append(kind(**raw))
+        return cls(tuple(specs), name=data.get("name", "custom"))
+
     def extreme_config(self, largest: bool) -> MiniXceptionConfig:
         """The configuration with the most (or fewest) parameters.
 

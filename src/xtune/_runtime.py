@@ -1,0 +1,61 @@
+"""Devices and precision for training, whatever the Keras backend.
+
+The only module outside ``xtune.data`` that may import TensorFlow, and only when
+Keras runs on it: ``spaces/`` and ``search/`` stay backend-agnostic.
+"""
+
+from __future__ import annotations
+
+from xtune.errors import UsageError
+
+MIXED_PRECISION = ("auto", "on", "off")
+
+
+def configure_devices(mixed_precision: str = "auto") -> dict:
+    """Turn on GPU memory growth and pick the dtype policy.
+
+    Args:
+        mixed_precision: "auto" (mixed precision on GPUs that support it: compute
+            capability 7.0+ with TensorFlow, any GPU with JAX), "on" or "off". On a
+            machine without a GPU, "auto" keeps float32.
+
+    Returns:
+        ``{"backend", "gpus": [names], "policy"}``.
+
+    Raises:
+        UsageError: "on" without a GPU.
+    """
+    import keras
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}; got {mixed_precision!r}")
+    backend = keras.backend.backend()
+    gpus, capable, half = [], False, "mixed_float16"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialized: growth is set at first use only
+                pass
+            details = tf.config.experimental.get_device_details(gpu)
+            gpus.append(details.get("device_name", gpu.name))
+            capable = capable or tuple(details.get("compute_capability", (0, 0))) >= (7, 0)
+    elif backend == "jax":
+        import jax
+
+        gpus = [str(d) for d in jax.devices() if d.platform == "gpu"]
+        capable, half = bool(gpus), "mixed_bfloat16"
+    elif backend == "torch":  # pragma: no cover - not a supported training backend here
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(0)]
+            capable = torch.cuda.get_device_capability(0) >= (7, 0)
+    if mixed_precision == "on" and not gpus:
+        raise UsageError("--mixed-precision on needs a GPU, and none was found (use auto or off)")
+    use_half = mixed_precision == "on" or (mixed_precision == "auto" and capable)
+    policy = half if use_half else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return {"backend": backend, "gpus": gpus, "policy": policy}

@@ -1,0 +1,363 @@
+"""`tune search`: start or resume a search directory and run its plan."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xtune import _atomic
+from xtune.errors import ProjectError, UsageError
+from xtune.search._plan import HyperbandPlan
+from xtune.search._project import (
+    FINISHED_FILE,
+    LOCK_FILE,
+    RUN_FILE,
+    ProjectLock,
+    SearchSettings,
+    check_image_size,
+    read_run,
+    settings_conflicts,
+    write_run,
+)
+
+_FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
+
+
+@dataclass
+class SearchOutcome:
+    """What a call of ``run_search`` did.
+
+    Attributes:
+        project: The search directory.
+        status: "finished" (the plan is done), "already finished", "interrupted"
+            (Ctrl-C / SIGTERM; resumable) or "stopped" (too many failures, disk full;
+            resumable once fixed).
+        plan: The plan.
+        resumed: Whether an existing search was resumed.
+        completed, failed: Trials of the whole search, by status.
+        best: ``{"trial_id", "score", "values"}`` of the best trial, or None.
+        message: Why it stopped (for "stopped").
+        notes: Repairs made to damaged state files, one line each.
+        interrupted_trial: ``{"trial_id", "epochs_saved"}`` when interrupted mid-trial.
+    """
+
+    project: Path
+    status: str
+    plan: HyperbandPlan
+    resumed: bool = False
+    completed: int = 0
+    failed: int = 0
+    best: dict | None = None
+    message: str | None = None
+    notes: list[str] = field(default_factory=list)
+    interrupted_trial: dict | None = None
+
+
+def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: bool = False):
+    """The settings and space of a search: from run.json on resume, else from ``given``.
+
+    Args:
+        project: The search directory.
+        given: Settings passed explicitly (flag name without dashes -> value).
+        space_ref: ``--space`` as given (a file or built-in name), or None.
+        overwrite: Start over even if ``project`` holds a search.
+
+    Returns:
+        ``(settings, space, run)`` where ``run`` is the stored run.json or None.
+
+    Raises:
+        UsageError: A flag conflicts with run.json (naming it), a bad value.
+        ProjectError: ``project`` exists but is not a search.
+    """
+    from xtune.spaces import SearchSpace, load_space
+
+    project = Path(project)
+    given = {k: v for k, v in given.items() if v is not None}
+    if not overwrite and (project / RUN_FILE).exists():
+        run = read_run(project)
+        stored = SearchSettings.from_dict(run["settings"])
+        conflicts = settings_conflicts(stored, given)
+        space = SearchSpace.from_dict(run["space"])
+        if space_ref is not None:
+            asked = load_space(space_ref)
+            if json.loads(json.dumps(asked.to_dict()["specs"])) != run["space"]["specs"]:
+                conflicts.append(("space", space_ref, run["space"]["name"]))
+        if conflicts:
+            name, value, old = conflicts[0]
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UsageError(
+                f"{flag} {value} conflicts with this search's {old} ({project / RUN_FILE}); "
+                "drop the flag to resume, or pass --overwrite to start over"
+            )
+        return stored, space, run
+    if project.exists() and any(p.name != LOCK_FILE for p in project.iterdir()) and not overwrite:
+        raise ProjectError(f"{project} exists and is not a tune search; choose another --project or pass --overwrite")
+    if "data" not in given:
+        raise UsageError("--data is required to start a search (demo, kaggle:dogs-vs-cats, or a folder)")
+    settings = SearchSettings(**given)
+    check_image_size(settings.image_size)
+    for name in ("batch_size", "max_consecutive_failures"):
+        if getattr(settings, name) < 1:
+            raise UsageError(f"{_FLAGS[name]} must be at least 1; got {getattr(settings, name)}")
+    if settings.objective not in ("val_accuracy", "val_loss", "accuracy", "loss"):
+        raise UsageError(f"--objective must be val_accuracy, val_loss, accuracy or loss; got {settings.objective!r}")
+    return settings, load_space(space_ref), None
+
+
+def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
+    """Refuse a plan that needs more distinct configurations than the space has.
+
+    Hyperband draws a new configuration for every first-round trial; with too few it
+    stops before any promotion (keras-tuner issue #676), a random search in disguise.
+    """
+    available = space.num_configurations()
+    if available < plan.architectures:
+        raise UsageError(
+            f"the space {space.name!r} has {available} distinct configurations but the plan samples "
+            f"{plan.architectures}; lower --max-trials or widen the space"
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(event: threading.Event):
+    """Ctrl-C / SIGTERM set ``event`` (training stops at the next batch); a second Ctrl-C aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Progress:
+    """Turns the tuner's raw events into what a user wants per trial (i of N, ETA)."""
+
+    def __init__(self, emit, plan: HyperbandPlan, objective_max: bool, done_epochs: int, best):
+        self.emit = emit or (lambda event: None)
+        self.plan = plan
+        self.objective_max = objective_max
+        self.start = time.monotonic()
+        self.done_epochs = done_epochs
+        self.session_epochs = 0
+        self.best = best
+        self.current = None
+
+    def __call__(self, event: dict):
+        event = dict(event)
+        kind = event["event"]
+        if kind == "trial_start":
+            self.current = event
+        if kind == "epoch_end":
+            self.done_epochs += 1
+            self.session_epochs += 1
+        if kind == "trial_end":
+            score = event.get("score")
+            if event["status"] == "COMPLETED" and score is not None:
+                if self.best is None or (score > self.best if self.objective_max else score < self.best):
+                    self.best = score
+        if "trial_id" in event:
+            event["index"] = int(event["trial_id"]) + 1
+        event["total"] = self.plan.total_trials
+        event["best"] = self.best
+        elapsed = time.monotonic() - self.start
+        event["elapsed"] = elapsed
+        left = max(self.plan.total_epochs - self.done_epochs, 0)
+        event["eta"] = elapsed / self.session_epochs * left if self.session_epochs else None
+        self.emit(event)
+
+
+def _epochs_done(project: Path) -> int:
+    from xtune.search._project import load_project
+
+    try:
+        state = load_project(project)
+    except ProjectError:
+        return 0
+    total = 0
+    for t in state.trials:
+        if t.status in ("COMPLETED", "FAILED") and t.epochs is not None:
+            total += t.epochs - t.initial_epoch
+        elif t.backup:
+            total += t.backup.get("epochs_done", t.initial_epoch) - t.initial_epoch
+    return total
+
+
+def make_tuner(project: Path, settings: SearchSettings, space, splits, *, resume: bool, **tuner_kwargs):
+    """Create the KerasTuner state in ``project``, or reload it (``resume``). Never deletes.
+
+    A new search saves its state before the first trial, so a kill during the first
+    trial resumes it (KerasTuner alone would start over). Every state file is written
+    atomically from here on.
+    """
+    import keras_tuner
+
+    from xtune._atomic import install_keras_tuner_atomic_writes
+    from xtune.search._oracle import PlannedHyperbandOracle
+    from xtune.search._tuner import SearchTuner
+    from xtune.spaces import MiniXceptionHyperModel
+
+    install_keras_tuner_atomic_writes()
+    direction = "min" if settings.objective.endswith("loss") else "max"
+    oracle = PlannedHyperbandOracle(
+        keras_tuner.Objective(settings.objective, direction), settings.plan(), seed=settings.seed
+    )
+    hypermodel = MiniXceptionHyperModel(
+        (settings.image_size, settings.image_size, 3), len(splits.class_names), space
+    )
+    tuner = SearchTuner(oracle, hypermodel, Path(project), splits, seed=settings.seed, **tuner_kwargs)
+    if not tuner.reloaded:  # new, or killed before its first state write: start fresh
+        tuner.save()
+    return tuner
+
+
+def run_search(
+    project: Path,
+    given: dict,
+    *,
+    space_ref=None,
+    data_dir: Path | None = None,
+    overwrite: bool = False,
+    progress=None,
+    mixed_precision: str = "auto",
+    epoch_backups: bool = True,
+    tensorboard: bool = True,
+    splits=None,
+    data_info: dict | None = None,
+    stop_event: threading.Event | None = None,
+) -> SearchOutcome:
+    """Start or resume the search in ``project`` and run it until its plan is done.
+
+    Args:
+        project: The search directory (created if new).
+        given: Settings passed explicitly (see ``SearchSettings``); on resume only
+            used to refuse conflicts.
+        space_ref: ``--space`` (a TOML file or built-in name).
+        data_dir: Where prepared data is cached (default: the user's cache).
+        overwrite: Delete an existing search in ``project`` first.
+        progress: Called with event dicts (``search_start``, ``trial_start``,
+            ``epoch_end``, ``trial_end``, ``notes``).
+        mixed_precision: "auto", "on" or "off".
+        epoch_backups: Per-epoch backups for mid-trial resume (on; off only to
+            measure their cost).
+        tensorboard: Log trials for TensorBoard.
+        splits: Pre-built data splits (skips ``xtune.data``; for other backends).
+        data_info: With ``splits``: what to record as the data in run.json.
+        stop_event: Set it to stop as Ctrl-C would (tests, embedding).
+
+    Returns:
+        A ``SearchOutcome``.
+
+    Raises:
+        UsageError, ProjectError, DataError: one-line user errors.
+    """
+    from xtune._runtime import configure_devices
+
+    project = Path(project)
+    settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
+    plan = settings.plan()
+    if run is not None and (project / FINISHED_FILE).exists():
+        return _outcome(project, "already finished", plan, resumed=True)
+    check_plan_fits_space(plan, space)
+
+    # Data first: a bad dataset stops here, before anything is written.
+    if splits is None:
+        from xtune.data import load_splits, prepare_data
+
+        prepared = prepare_data(settings.data, data_dir=data_dir)
+        data_info = prepared.to_dict()
+        if run is not None and run.get("data") and run["data"].get("fingerprint") not in (None, data_info.get("fingerprint")):
+            raise ProjectError(
+                f"the data of {settings.data!r} changed since this search started ({project / RUN_FILE}); "
+                "restore it, or start over with --overwrite"
+            )
+        splits = load_splits(prepared, image_size=settings.image_size, batch_size=settings.batch_size, seed=settings.seed)
+    devices = configure_devices(mixed_precision)
+
+    stop_event = stop_event or threading.Event()
+    with ProjectLock(project):
+        if overwrite:
+            for child in project.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            run = None
+        notes = []
+        resumed = run is not None
+        if run is None:
+            write_run(project, settings, space.to_dict(), data_info)
+        else:
+            from xtune.search._repair import repair_project
+
+            notes = repair_project(project, plan, settings.seed)
+        objective_max = not settings.objective.endswith("loss")
+        prior = _outcome(project, "", plan) if resumed else None
+        tracker = _Progress(progress, plan, objective_max, _epochs_done(project) if resumed else 0,
+                            prior.best["score"] if prior and prior.best else None)
+        tracker({"event": "search_start", "project": str(project), "resumed": resumed, "plan": plan.to_dict(),
+                 "settings": settings.to_dict(), "devices": devices, "notes": notes,
+                 "completed": prior.completed if prior else 0, "failed": prior.failed if prior else 0})
+        from xtune.search._callbacks import DiskFull, SearchInterrupted, TooManyFailures
+
+        try:
+            tuner = make_tuner(project, settings, space, splits, resume=resumed, emit=tracker,
+                               stop_event=stop_event, epoch_backups=epoch_backups, tensorboard=tensorboard,
+                               max_consecutive_failures=settings.max_consecutive_failures)
+            with _stop_on_signals(stop_event):
+                tuner.search(verbose=0)
+        except SearchInterrupted:
+            outcome = _outcome(project, "interrupted", plan, resumed, notes)
+            running = [t for t in _running_trials(project)]
+            outcome.interrupted_trial = running[0] if running else None
+            return outcome
+        except TooManyFailures as error:
+            return _outcome(project, "stopped", plan, resumed, notes, message=str(error))
+        except DiskFull as error:
+            raise ProjectError(f"{error}; free some space and run the same command to resume") from None
+        except OSError as error:
+            if _atomic.is_disk_full(error):
+                raise ProjectError(f"disk full while saving the search ({error}); free some space and run "
+                                   "the same command to resume") from None
+            raise
+        outcome = _outcome(project, "finished", plan, resumed, notes)
+        _atomic.write_json(project / FINISHED_FILE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return outcome
+
+
+def _running_trials(project: Path) -> list[dict]:
+    from xtune.search._project import load_project
+
+    out = []
+    for t in load_project(project).trials:
+        if t.status in ("RUNNING", "INVALID"):
+            out.append({"trial_id": t.trial_id, "epochs_saved": (t.backup or {}).get("epochs_done", t.initial_epoch),
+                        "epochs": t.epochs})
+    return out
+
+
+def _outcome(project, status, plan, resumed=False, notes=None, message=None) -> SearchOutcome:
+    from xtune.search._project import load_project
+
+    state = load_project(project)
+    completed = [t for t in state.trials if t.status == "COMPLETED"]
+    failed = [t for t in state.trials if t.status == "FAILED"]
+    best = None
+    if completed:
+        pick = min if state.settings.objective.endswith("loss") else max
+        b = pick(completed, key=lambda t: t.score)
+        best = {"trial_id": b.trial_id, "score": float(b.score), "values": b.values}
+    return SearchOutcome(project, status, plan, resumed, len(completed), len(failed), best, message,
+                         list(notes or []))

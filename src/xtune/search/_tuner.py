@@ -1,0 +1,259 @@
+"""The tuner: KerasTuner's Tuner running our trials, resumable to the epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+from keras_tuner.src import errors as kt_errors
+from keras_tuner.src.engine import trial as trial_module
+
+from xtune import _atomic
+from xtune.search._callbacks import (
+    AtomicSaveBestEpoch,
+    DiskFull,
+    EpochBackup,
+    EpochEvents,
+    FailOnNaN,
+    ReseedEachEpoch,
+    SearchInterrupted,
+    StopOnRequest,
+    TooManyFailures,
+    load_backup,
+)
+
+TRIAL_RECORD = "xtune.json"
+_TS = trial_module.TrialStatus
+
+
+def space_values(values: dict) -> dict:
+    """Hyperparameter values without KerasTuner's bookkeeping (``tuner/*``)."""
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
+def trial_seed(seed: int, trial_id: str) -> int:
+    """The seed of one trial's weights and random layers."""
+    return (int(seed) * 10_007 + int(trial_id)) % (2**31 - 1)
+
+
+class SearchTuner(keras_tuner.Tuner):
+    """Runs trials on a ``Splits``-like dataset, with per-epoch backups.
+
+    Not constructed directly: ``make_tuner`` says what happens to the directory.
+
+    Args:
+        oracle: A ``PlannedHyperbandOracle``.
+        hypermodel: The ``MiniXceptionHyperModel``.
+        project_dir: The search directory (KerasTuner's ``directory/project_name``).
+        splits: Has ``train(start_epoch)``, ``steps_per_epoch`` and ``validation``.
+        seed: The search seed (weights, random layers, data order).
+        emit: Receives progress events (dicts).
+        stop_event: Set to stop at the next batch, leaving the trial resumable.
+        epoch_backups: Back up every epoch (mid-trial resume). Off only to measure
+            what it costs.
+        tensorboard: Log each trial to ``logs/<trial_id>`` with its hyperparameters.
+        max_consecutive_failures: Stop after this many failed trials in a row.
+    """
+
+    def __init__(self, oracle, hypermodel, project_dir: Path, splits, *, seed: int, emit=None,
+                 stop_event: threading.Event | None = None, epoch_backups: bool = True,
+                 tensorboard: bool = True, max_consecutive_failures: int = 10, **kwargs):
+        self.splits = splits
+        self.seed = seed
+        self.emit = emit or (lambda event: None)
+        self.stop_event = stop_event or threading.Event()
+        self.epoch_backups = epoch_backups
+        self.tensorboard = tensorboard and keras.backend.backend() == "tensorflow"
+        self.max_consecutive_failures = max_consecutive_failures
+        self._consecutive_failures = 0
+        project_dir = Path(project_dir)
+        self.reloaded = (project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json").exists()
+        # KerasTuner prints "Reloading Tuner from ..."; the CLI reports resumes itself.
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().__init__(oracle=oracle, hypermodel=hypermodel, directory=str(project_dir.parent),
+                             project_name=project_dir.name, overwrite=False, **kwargs)
+
+    # -- paths -----------------------------------------------------------------------
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.project_dir) / "logs"
+
+    def backup_dir(self, trial_id: str) -> Path:
+        return Path(self.get_trial_dir(trial_id)) / "backup"
+
+    # -- trial lifecycle -------------------------------------------------------------
+
+    def on_trial_begin(self, trial):
+        if self.stop_event.is_set():
+            raise SearchInterrupted("interrupted")
+        hp = trial.hyperparameters.values
+        self._trial_started = time.monotonic()
+        self.emit({
+            "event": "trial_start", "trial_id": trial.trial_id, "values": space_values(hp),
+            "bracket": hp.get("tuner/bracket"), "round": hp.get("tuner/round"),
+            "epochs": hp.get("tuner/epochs"), "initial_epoch": hp.get("tuner/initial_epoch", 0),
+            "parent": hp.get("tuner/trial_id"),
+        })
+
+    def on_trial_end(self, trial):
+        record_path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_RECORD
+        record = _read_record(record_path)
+        if trial.status != _TS.COMPLETED and not record.get("reason"):
+            record["reason"] = _reason_from_traceback(trial.message)
+        record["status"] = _TS.FAILED if trial.status == _TS.INVALID else trial.status
+        record["seconds"] = record.get("seconds_before", 0.0) + (time.monotonic() - self._trial_started)
+        _atomic.write_json(record_path, record)
+        super().on_trial_end(trial)  # oracle.end_trial + save: the trial is now final
+        shutil.rmtree(self.backup_dir(trial.trial_id), ignore_errors=True)
+        ended = self.oracle.get_trial(trial.trial_id)
+        self.emit({"event": "trial_end", "trial_id": trial.trial_id, "status": ended.status,
+                   "score": None if ended.score is None else float(ended.score), "reason": record.get("reason"), "seconds": record["seconds"],
+                   "best_epoch": record.get("best_epoch"), "params": record.get("params")})
+        if ended.status == _TS.FAILED:
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= self.max_consecutive_failures:
+                raise TooManyFailures(
+                    f"{self._consecutive_failures} trials failed in a row; the last: {record.get('reason')}"
+                )
+        else:
+            self._consecutive_failures = 0
+
+    # -- one trial -------------------------------------------------------------------
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        trial_id = trial.trial_id
+        record_path = Path(self.get_trial_dir(trial_id)) / TRIAL_RECORD
+        previous = _read_record(record_path)
+        epochs = hp.values.get("tuner/epochs", 1)
+        initial_epoch = hp.values.get("tuner/initial_epoch", 0)
+        backup = load_backup(self.backup_dir(trial_id)) if self.epoch_backups else None
+        record = {
+            "trial_id": trial_id, "values": space_values(hp.values),
+            "bracket": hp.values.get("tuner/bracket"), "round": hp.values.get("tuner/round"),
+            "epochs": epochs, "initial_epoch": initial_epoch, "parent": hp.values.get("tuner/trial_id"),
+            "resumed_at_epochs": previous.get("resumed_at_epochs", []),
+            "seconds_before": previous.get("seconds_before", 0.0) + previous.get("seconds_run", 0.0),
+        }
+        started = time.monotonic()
+        try:
+            keras.backend.clear_session()  # memory of the previous trial goes here
+            gc.collect()
+            keras.utils.set_random_seed(trial_seed(self.seed, trial_id))
+            model = self._build_hypermodel(hp)
+            record["params"] = int(model.count_params())
+            start, history_before, best_value = initial_epoch, [], None
+            if backup is not None:
+                _restore(model, backup["weights_path"])
+                start, history_before, best_value = backup["epochs_done"], backup["history"], backup["best_value"]
+                record["resumed_at_epochs"] = record["resumed_at_epochs"] + [start]
+            elif "tuner/trial_id" in hp.values:
+                _restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+            _atomic.write_json(record_path, record)
+            best = AtomicSaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial_id), best_value)
+            callbacks = [ReseedEachEpoch(trial_seed(self.seed, trial_id)), best, FailOnNaN(),
+                         StopOnRequest(self.stop_event), EpochEvents(self.emit, trial_id, epochs)]
+            backup_cb = EpochBackup(self.backup_dir(trial_id), history_before, best)
+            if self.epoch_backups:
+                callbacks.insert(2, backup_cb)
+            else:
+                callbacks.append(_HistoryOnly(backup_cb))
+            if self.tensorboard:
+                callbacks += self._tensorboard_callbacks(trial)
+            model.fit(
+                self.splits.train(start_epoch=start), steps_per_epoch=self.splits.steps_per_epoch,
+                validation_data=self.splits.validation, epochs=epochs, initial_epoch=start,
+                callbacks=callbacks, verbose=0, shuffle=False,  # the order is ours: train(start_epoch)
+            )
+            history = backup_cb.history
+        except (SearchInterrupted, kt_errors.FatalError):
+            record["seconds_run"] = time.monotonic() - started
+            _atomic.write_json(record_path, record)
+            raise
+        except Exception as error:  # the trial failed; the search goes on
+            if _atomic.is_disk_full(error):
+                raise DiskFull(f"disk full while running trial {trial_id}: {error}") from error
+            record["reason"] = _reason(error)
+            record["seconds_run"] = time.monotonic() - started
+            _atomic.write_json(record_path, record)
+            raise kt_errors.FailedTrialError(record["reason"]) from error
+        finally:
+            gc.collect()
+        objective = self.oracle.objective
+        scored = [h for h in history if objective.has_value(h)]
+        if not scored:
+            raise kt_errors.FailedTrialError("no epoch reported the objective")
+        best_record = scored[0]
+        for h in scored[1:]:
+            if objective.better_than(objective.get_value(h), objective.get_value(best_record)):
+                best_record = h
+        record.update({"history": history, "best_epoch": best_record["epoch"],
+                       "seconds_run": time.monotonic() - started})
+        _atomic.write_json(record_path, record)
+        return {k: v for k, v in best_record.items() if k != "epoch"}
+
+    def _tensorboard_callbacks(self, trial):
+        from tensorboard.plugins.hparams import api as hparams_api
+        from keras_tuner.src.engine import tuner_utils
+
+        logdir = str(self.logs_dir / trial.trial_id)
+        hparams = {
+            k: v for k, v in tuner_utils.convert_hyperparams_to_hparams(trial.hyperparameters, hparams_api).items()
+            if not k.name.startswith("tuner/")
+        }
+        values = trial.hyperparameters.values
+        hparams[hparams_api.HParam("bracket", hparams_api.IntInterval(0, 64))] = int(values.get("tuner/bracket", 0))
+        hparams[hparams_api.HParam("round", hparams_api.IntInterval(0, 64))] = int(values.get("tuner/round", 0))
+        return [
+            keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
+            hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=trial.trial_id),
+        ]
+
+
+class _HistoryOnly(keras.callbacks.Callback):
+    """Keep the per-epoch history of an ``EpochBackup`` without writing backups."""
+
+    def __init__(self, backup: EpochBackup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+
+
+def _restore(model, weights_path) -> None:
+    """Load weights *and* optimizer state (Keras 3 drops the latter unless it is built)."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.fspath(weights_path))
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return _atomic.read_json(path) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(error).__name__
+    if "OOM" in str(error) or "ResourceExhausted" in name or "out of memory" in str(error).lower():
+        return f"out of memory ({name})"
+    return f"{name}: {first}"[:300] if first else name
+
+
+def _reason_from_traceback(message: str | None) -> str | None:
+    if not message:
+        return None
+    lines = [l for l in message.strip().splitlines() if l.strip()]
+    return lines[-1][:300] if lines else None
