@@ -135,7 +135,7 @@ def space_check(file):
 # ---------------------------------------------------------------------------- search
 
 _PROJECT = click.option("--project", type=click.Path(file_okay=False, path_type=Path),
-                        help="The search directory (runs/NAME).")
+                        help="The search directory (runs/NAME). For a new search it defaults to runs/<data name>.")
 
 
 def _project_required(project):
