@@ -172,6 +172,7 @@ class _Progress:
                     self.best = score
         if "trial_id" in event:
             event["index"] = int(event["trial_id"]) + 1
+        event["time"] = time.monotonic()
         event["total"] = self.plan.total_trials
         event["best"] = self.best
         elapsed = time.monotonic() - self.start

@@ -169,13 +169,12 @@ class SearchTuner(keras_tuner.Tuner):
                 _restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
             _atomic.write_json(record_path, record)
             best = AtomicSaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial_id), best_value)
-            callbacks = [ReseedEachEpoch(trial_seed(self.seed, trial_id)), best, FailOnNaN(),
-                         StopOnRequest(self.stop_event), EpochEvents(self.emit, trial_id, epochs)]
+            # Order matters at epoch end: time the epoch first (what follows is
+            # overhead), refuse a NaN epoch before it is checkpointed or backed up.
             backup_cb = EpochBackup(self.backup_dir(trial_id), history_before, best)
-            if self.epoch_backups:
-                callbacks.insert(2, backup_cb)
-            else:
-                callbacks.append(_HistoryOnly(backup_cb))
+            callbacks = [EpochEvents(self.emit, trial_id, epochs), ReseedEachEpoch(trial_seed(self.seed, trial_id)),
+                         FailOnNaN(), best, backup_cb if self.epoch_backups else _HistoryOnly(backup_cb),
+                         StopOnRequest(self.stop_event)]
             if self.tensorboard:
                 callbacks += self._tensorboard_callbacks(trial)
             model.fit(
