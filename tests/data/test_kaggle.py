@@ -180,3 +180,15 @@ def test_a_download_that_is_not_a_complete_zip_is_not_used(kaggle_api, monkeypat
     with pytest.raises(DataError, match="incomplete or damaged"):
         prepare_data("kaggle:dogs-vs-cats", data_dir=data_dir)
     assert not (data_dir / "downloads" / "dogs-vs-cats.zip").exists()
+
+
+def test_a_damaged_download_is_removed_so_the_next_run_downloads_again(kaggle_api, monkeypatch, data_dir):
+    def download(self, competition, path=None, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        with zipfile.ZipFile(os.path.join(path, "dogs-vs-cats.zip"), "w") as zf:
+            zf.writestr("readme.txt", "not the competition data")
+
+    monkeypatch.setattr(kaggle_api, "competition_download_files", download)
+    with pytest.raises(DataError, match="the download was removed: run the same command"):
+        prepare_data("kaggle:dogs-vs-cats", data_dir=data_dir)
+    assert not (data_dir / "downloads" / "dogs-vs-cats.zip").exists()

@@ -363,16 +363,23 @@ def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, pro
     if src.kind == "kaggle":
         from xtune.data._archive import kaggle_entries
 
-        if archive is None:
+        downloaded = archive is None
+        if downloaded:
             from xtune.data._kaggle import download_competition
 
             archive = download_competition(root_dir / "downloads", progress)
         if progress:
             progress(f"unpacking {archive}")
-        with kaggle_entries(archive, tmp / ".work", tuple(settings["split_sizes"])) as entries:
-            if progress:
-                progress(f"checking {len(entries)} images")
-            scanned = scan_entries(entries, staging=tmp / ".staging")
+        try:
+            with kaggle_entries(archive, tmp / ".work", tuple(settings["split_sizes"])) as entries:
+                if progress:
+                    progress(f"checking {len(entries)} images")
+                scanned = scan_entries(entries, staging=tmp / ".staging")
+        except DataError as error:
+            if not downloaded:
+                raise
+            _store.remove(archive)  # a damaged download must not be reused
+            raise DataError(f"{error} (the download was removed: run the same command to download it again)") from None
         _store.remove(tmp / ".work")
         record = _assemble(scanned, "kaggle", {}, [], [], settings, tmp)
         record["archive"] = str(archive)
