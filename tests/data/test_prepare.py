@@ -221,3 +221,12 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_data_dir() == tmp_path / "home" / ".cache" / "xtune"
     assert os.fspath(default_data_dir()).endswith(os.path.join(".cache", "xtune"))
+
+
+def test_describe_shows_a_changed_folder_as_a_fresh_scan(tmp_path, data_dir):
+    folder = make_classes_folder(tmp_path / "pets", per_class=6)
+    prepare_data(folder, data_dir=data_dir)
+    write(folder / "cat" / "extra.txt", b"not an image")
+    info = describe_data(folder, data_dir=data_dir)
+    assert info["status"] == "changed" and info["settings"]["layout"] == "classes"
+    assert info["skipped"] == [{"path": "cat/extra.txt", "reason": "not an image"}]
