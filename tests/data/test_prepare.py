@@ -230,3 +230,29 @@ def test_describe_shows_a_changed_folder_as_a_fresh_scan(tmp_path, data_dir):
     info = describe_data(folder, data_dir=data_dir)
     assert info["status"] == "changed" and info["settings"]["layout"] == "classes"
     assert info["skipped"] == [{"path": "cat/extra.txt", "reason": "not an image"}]
+
+
+def test_concurrent_preparations_build_once_and_agree(tmp_path, data_dir, monkeypatch):
+    import threading
+
+    folder = make_classes_folder(tmp_path / "pets", per_class=6)
+    builds = []
+    real_build = _prepare._build
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(_prepare, "_build", counted)
+    results = [None] * 4
+
+    def worker(i):
+        results[i] = prepare_data(folder, data_dir=data_dir)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert all(r == results[0] for r in results)
