@@ -68,3 +68,16 @@ def test_user_errors_are_one_line_with_the_right_exit_code(tmp_path, data_dir):
     assert len(errors) == 1 and errors[0].startswith("Error: refusing")  # one line (after the progress line)
     sizes = _run("data", "prepare", "kaggle:dogs-vs-cats", "--split-sizes", "1,2", "--data-dir", data_dir)
     assert sizes.exit_code == 2 and "three positive numbers" in sizes.output
+
+
+def test_many_conversions_are_summed_up_in_the_table(tmp_path, data_dir):
+    from .images import image_bytes, write
+
+    folder = make_classes_folder(tmp_path / "gray", per_class=4)
+    for i in range(40):
+        write(folder / "dog" / f"gray_{i}.jpg", image_bytes("JPEG", "L", seed=i))
+    result = _run("data", "info", folder, "--data-dir", data_dir)
+    assert result.exit_code == 0
+    assert "Converted to RGB: 40 files:" in result.output and "(--format json lists every file)" in result.output
+    assert "gray_7.jpg" not in result.output
+    assert any(line.split() == ["JPEG", "L", "decoded", "as", "RGB", "40"] for line in result.output.splitlines())
