@@ -176,6 +176,9 @@ def data_info(source, data_dir, validation_fraction, test_fraction, split_seed, 
     _echo_data_info(info, fmt)
 
 
+_MAX_CONVERTED_LISTED = 30
+
+
 def _echo_data_info(info: dict, fmt: str) -> None:
     if fmt == "json":
         _echo_json(info)
@@ -202,7 +205,14 @@ def _echo_data_info(info: dict, fmt: str) -> None:
     converted = info["converted"]
     if converted:
         click.echo(f"Converted to RGB: {len(converted)} file{'' if len(converted) == 1 else 's'}:")
-        _echo_table([{"file": c["path"], "original": c["original"], "how": c["action"]} for c in converted])
+        if len(converted) <= _MAX_CONVERTED_LISTED:
+            _echo_table([{"file": c["path"], "original": c["original"], "how": c["action"]} for c in converted])
+        else:  # a whole grayscale dataset would drown the rest
+            kinds: dict[tuple[str, str], int] = {}
+            for c in converted:
+                kinds[(c["original"], c["action"])] = kinds.get((c["original"], c["action"]), 0) + 1
+            _echo_table([{"original": o, "how": a, "files": n} for (o, a), n in sorted(kinds.items())])
+            click.echo("(--format json lists every file)")
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}")
 
