@@ -27,6 +27,11 @@ from xtune.search._project import (
 )
 
 _FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
+_FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 @dataclass
@@ -92,7 +97,7 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
             name, value, old = conflicts[0]
             flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UsageError(
-                f"{flag} {value} conflicts with this search's {old} ({project / RUN_FILE}); "
+                f"{flag} {_show(value)} conflicts with this search's {_show(old)} ({project / RUN_FILE}); "
                 "drop the flag to resume, or pass --overwrite to start over"
             )
         return stored, space, run
@@ -232,6 +237,7 @@ def run_search(
     *,
     space_ref=None,
     data_dir: Path | None = None,
+    archive: Path | None = None,
     overwrite: bool = False,
     progress=None,
     mixed_precision: str = "auto",
@@ -249,6 +255,7 @@ def run_search(
             used to refuse conflicts.
         space_ref: ``--space`` (a TOML file or built-in name).
         data_dir: Where prepared data is cached (default: the user's cache).
+        archive: kaggle:dogs-vs-cats only: a downloaded archive to use offline.
         overwrite: Delete an existing search in ``project`` first.
         progress: Called with event dicts (``search_start``, ``trial_start``,
             ``epoch_end``, ``trial_end``, ``notes``).
@@ -280,7 +287,7 @@ def run_search(
     with ProjectLock(project):
         try:
             if splits is None:
-                splits, data_info = _load_data(project, settings, run, data_dir)
+                splits, data_info = _load_data(project, settings, run, data_dir, archive)
         except BaseException:
             if created:  # a bad dataset leaves nothing behind
                 shutil.rmtree(project, ignore_errors=True)
@@ -333,11 +340,11 @@ def run_search(
         return outcome
 
 
-def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir):
+def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir, archive=None):
     """Prepare (or reuse) the search's data and build its splits; refuse changed data."""
     from xtune.data import load_splits, prepare_data
 
-    prepared = prepare_data(settings.data, data_dir=data_dir)
+    prepared = prepare_data(settings.data, data_dir=data_dir, archive=archive, **settings.data_options())
     data_info = prepared.to_dict()
     stored = (run or {}).get("data") or {}
     if stored.get("fingerprint") not in (None, data_info.get("fingerprint")):

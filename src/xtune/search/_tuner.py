@@ -18,16 +18,17 @@ from keras_tuner.src.engine import trial as trial_module
 
 from xtune import _atomic
 from xtune.search._callbacks import (
-    AtomicSaveBestEpoch,
     DiskFull,
-    EpochBackup,
     EpochEvents,
+    EpochState,
     FailOnNaN,
     ReseedEachEpoch,
     SearchInterrupted,
     StopOnRequest,
     TooManyFailures,
     load_backup,
+    restore_snapshot,
+    save_weights_atomic,
 )
 
 TRIAL_RECORD = "xtune.json"
@@ -160,21 +161,20 @@ class SearchTuner(keras_tuner.Tuner):
             keras.utils.set_random_seed(trial_seed(self.seed, trial_id))
             model = self._build_hypermodel(hp)
             record["params"] = int(model.count_params())
-            start, history_before, best_value = initial_epoch, [], None
+            start = initial_epoch
             if backup is not None:
-                _restore(model, backup["weights_path"])
-                start, history_before, best_value = backup["epochs_done"], backup["history"], backup["best_value"]
+                restore_snapshot(model, backup["arrays"])
+                start = backup["epochs_done"]
                 record["resumed_at_epochs"] = record["resumed_at_epochs"] + [start]
             elif "tuner/trial_id" in hp.values:
                 _restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
             _atomic.write_json(record_path, record)
-            best = AtomicSaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial_id), best_value)
+            state = EpochState(self.oracle.objective, self.backup_dir(trial_id) if self.epoch_backups else None,
+                               resume=backup)
             # Order matters at epoch end: time the epoch first (what follows is
-            # overhead), refuse a NaN epoch before it is checkpointed or backed up.
-            backup_cb = EpochBackup(self.backup_dir(trial_id), history_before, best)
+            # overhead), refuse a NaN epoch before it is kept.
             callbacks = [EpochEvents(self.emit, trial_id, epochs), ReseedEachEpoch(trial_seed(self.seed, trial_id)),
-                         FailOnNaN(), best, backup_cb if self.epoch_backups else _HistoryOnly(backup_cb),
-                         StopOnRequest(self.stop_event)]
+                         FailOnNaN(), state, StopOnRequest(self.stop_event)]
             if self.tensorboard:
                 callbacks += self._tensorboard_callbacks(trial)
             model.fit(
@@ -182,7 +182,10 @@ class SearchTuner(keras_tuner.Tuner):
                 validation_data=self.splits.validation, epochs=epochs, initial_epoch=start,
                 callbacks=callbacks, verbose=0, shuffle=False,  # the order is ours: train(start_epoch)
             )
-            history = backup_cb.history
+            history = state.history
+            if state.best_arrays is not None:  # KerasTuner's checkpoint: the best epoch
+                restore_snapshot(model, state.best_arrays)
+                save_weights_atomic(model, Path(self._get_checkpoint_fname(trial_id)))
         except (SearchInterrupted, kt_errors.FatalError):
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
@@ -225,17 +228,6 @@ class SearchTuner(keras_tuner.Tuner):
             keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
             hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=trial.trial_id),
         ]
-
-
-class _HistoryOnly(keras.callbacks.Callback):
-    """Keep the per-epoch history of an ``EpochBackup`` without writing backups."""
-
-    def __init__(self, backup: EpochBackup):
-        super().__init__()
-        self.backup = backup
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.backup.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 def _restore(model, weights_path) -> None:
