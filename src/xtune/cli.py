@@ -442,6 +442,8 @@ class _SearchPrinter:
             logs = e["logs"]
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             click.echo(f"    trial {e['trial_id']} epoch {e['epoch']}/{e['epochs']}  {metrics}  ({e['seconds']:.1f}s)")
+        elif kind == "trial_retry" and self.verbosity:
+            click.echo(f"trial {e['trial_id']} failed ({e.get('reason')}); it will run once more")
         elif kind == "trial_end" and self.verbosity:
             start = self.starts.get(e["trial_id"], {})
             width = len(str(e["total"]))

@@ -232,3 +232,27 @@ def test_board_serves_tensorboard(finished):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_transient_failure_runs_once_more(image_folder, data_dir, tmp_path, monkeypatch):
+    from xtune.search import run_search
+    from xtune.spaces import _hypermodel
+
+    real, calls = _hypermodel.build_model, []
+
+    def once(config, *args, **kwargs):
+        calls.append(config)
+        if len(calls) == 2:
+            raise RuntimeError("could not create a primitive descriptor")  # a runtime hiccup
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(_hypermodel, "build_model", once)
+    events = []
+    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 2, "max_epochs": 2, "seed": 3}
+    outcome = run_search(tmp_path / "hiccup", given, space_ref="small", data_dir=data_dir, progress=events.append,
+                         tensorboard=False)
+    assert outcome.status == "finished" and outcome.failed == 0 and outcome.completed == 2
+    retries = [e for e in events if e["event"] == "trial_retry"]
+    assert [e["trial_id"] for e in retries] == ["0001"]
+    assert "could not create a primitive descriptor" in retries[0]["reason"]
+    assert calls[1] == calls[2]  # the same trial, run again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import threading
@@ -218,6 +219,9 @@ def make_tuner(project: Path, settings: SearchSettings, space, splits, *, resume
     from xtune.spaces import MiniXceptionHyperModel
 
     install_keras_tuner_atomic_writes()
+    from keras_tuner.src import config as kt_config
+
+    kt_config.DEBUG = bool(os.environ.get("XTUNE_DEBUG"))  # else every failed trial prints a traceback
     direction = "min" if settings.objective.endswith("loss") else "max"
     oracle = PlannedHyperbandOracle(
         keras_tuner.Objective(settings.objective, direction), settings.plan(), seed=settings.seed

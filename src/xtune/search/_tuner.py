@@ -32,6 +32,9 @@ from xtune.search._callbacks import (
 )
 
 TRIAL_RECORD = "xtune.json"
+# Errors that would happen again: the trial fails at once. Anything else (TensorFlow
+# runtime errors, device errors, out of memory) gets one more run, from its backup.
+_DETERMINISTIC = (kt_errors.FailedTrialError, ValueError, TypeError, KeyError, NotImplementedError, AttributeError)
 _TS = trial_module.TrialStatus
 
 
@@ -106,7 +109,6 @@ class SearchTuner(keras_tuner.Tuner):
         if self.stop_event.is_set():
             raise SearchInterrupted("interrupted")
         hp = trial.hyperparameters.values
-        self._trial_started = time.monotonic()
         self.emit({
             "event": "trial_start", "trial_id": trial.trial_id, "values": space_values(hp),
             "bracket": hp.get("tuner/bracket"), "round": hp.get("tuner/round"),
@@ -115,19 +117,23 @@ class SearchTuner(keras_tuner.Tuner):
         })
 
     def on_trial_end(self, trial):
+        with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints its retries
+            super().on_trial_end(trial)  # oracle.end_trial + save: the trial is now final
+        ended = self.oracle.get_trial(trial.trial_id)
         record_path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_RECORD
         record = _read_record(record_path)
-        if trial.status != _TS.COMPLETED and not record.get("reason"):
+        if ended.status != _TS.COMPLETED and not record.get("reason"):
             record["reason"] = _reason_from_traceback(trial.message)
-        record["status"] = _TS.FAILED if trial.status == _TS.INVALID else trial.status
-        record["seconds"] = record.get("seconds_before", 0.0) + (time.monotonic() - self._trial_started)
+        if ended.status == _TS.INVALID:  # queued to run once more, from its backup
+            self.emit({"event": "trial_retry", "trial_id": trial.trial_id, "reason": record.get("reason")})
+            return
+        record["status"] = ended.status
+        record["seconds"] = record.get("seconds_before", 0.0) + record.get("seconds_run", 0.0)
         _atomic.write_json(record_path, record)
-        super().on_trial_end(trial)  # oracle.end_trial + save: the trial is now final
         shutil.rmtree(self.backup_dir(trial.trial_id), ignore_errors=True)
-        ended = self.oracle.get_trial(trial.trial_id)
         self.emit({"event": "trial_end", "trial_id": trial.trial_id, "status": ended.status,
-                   "score": None if ended.score is None else float(ended.score), "reason": record.get("reason"), "seconds": record["seconds"],
-                   "best_epoch": record.get("best_epoch"), "params": record.get("params")})
+                   "score": None if ended.score is None else float(ended.score), "reason": record.get("reason"),
+                   "seconds": record["seconds"], "best_epoch": record.get("best_epoch"), "params": record.get("params")})
         if ended.status == _TS.FAILED:
             self._consecutive_failures += 1
             if self._consecutive_failures >= self.max_consecutive_failures:
@@ -196,7 +202,9 @@ class SearchTuner(keras_tuner.Tuner):
             record["reason"] = _reason(error)
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
-            raise kt_errors.FailedTrialError(record["reason"]) from error
+            if isinstance(error, _DETERMINISTIC):
+                raise kt_errors.FailedTrialError(record["reason"]) from error
+            raise  # maybe transient (a runtime or device error): KerasTuner runs it once more
         finally:
             gc.collect()
         objective = self.oracle.objective
