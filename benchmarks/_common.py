@@ -36,8 +36,9 @@ def machine() -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions,
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "gpus": [], "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions, "tensorflow": versions.get("tensorflow"),
+            "load_before": [round(v, 2) for v in os.getloadavg()],
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -47,7 +48,10 @@ def write_result(name: str, payload: dict) -> Path:
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    _atomic.write_json(path, {"benchmark": name, "machine": machine(), **payload})
+    payload = dict(payload)
+    info = payload.pop("machine", None) or machine()
+    info["load_after"] = [round(v, 2) for v in os.getloadavg()]  # other processes make figures noisy
+    _atomic.write_json(path, {"benchmark": name, "machine": info, **payload})
     return path
 
 

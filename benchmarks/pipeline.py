@@ -30,6 +30,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from benchmarks._common import machine, write_result  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
 
 
@@ -92,26 +94,6 @@ def consumed(size: int, batch_size: int, steps: int, repeat: int = 1) -> float:
     return best
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "load_before": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=600, help="JPEGs to generate (70%% are the training split)")
@@ -158,9 +140,11 @@ def main(argv=None) -> dict:
             row["ratio_cached"] = round(row["delivered_cached_memory"] / row["consumed_train_step"], 1)
             report["results"].append(row)
             print(f"size {size}: {row}", file=sys.stderr)
-    report["machine"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.out == RESULTS:
+        write_result("pipeline", report)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     _print_table(report)
     return report
 
