@@ -191,7 +191,7 @@ class ChiefServer:
         if oracle.is_finished() and not oracle._retry_queue:
             return  # killed after its last trial, before it said so: nothing to hand out
         token = uuid.uuid4().hex
-        address = f"{socket.getfqdn()}:{{port}}"
+        address = f"{_host_name()}:{{port}}"
         # One thread, as KerasTuner's chief: the oracle's methods then never overlap.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         servicer = oracle_chief.OracleServicer(oracle)
@@ -202,7 +202,7 @@ class ChiefServer:
         address = address.format(port=port)
         chief_file = project / CLUSTER_DIR / CHIEF_FILE
         chief_file.parent.mkdir(exist_ok=True)
-        _atomic.write_json(chief_file, {"address": address, "host": socket.getfqdn(), "port": port,
+        _atomic.write_json(chief_file, {"address": address, "host": _host_name(), "port": port,
                                         "bind": self.host, "pid": os.getpid(), "token": token})
         server.start()
         watcher = _OracleWatcher(oracle, project, tuner.emit)
@@ -221,6 +221,12 @@ class ChiefServer:
                 chief_file.unlink(missing_ok=True)
         if stop_event.is_set():
             raise SearchInterrupted("interrupted")
+
+
+def _host_name() -> str:
+    """This machine's name as other machines would reach it (the FQDN, unless that is localhost)."""
+    name = socket.getfqdn()
+    return socket.gethostname() if name.startswith("localhost") else name
 
 
 def _silence_kerastuner_debug_print() -> None:
@@ -602,7 +608,10 @@ def run_worker(
         UsageError, DataError: one-line user errors.
     """
     project = Path(project)
-    run = read_run(project)  # a worker never starts a search: no run.json, no work
+    try:
+        run = read_run(project)
+    except ProjectError as error:  # a worker never starts a search: no run.json, no work
+        raise ProjectError(f"{error}: start the search's chief first (tune search --project DIR --chief)") from None
     settings = SearchSettings.from_dict(run["settings"])
     plan = settings.plan()
     if chief is None:
