@@ -134,7 +134,8 @@ def test_chief_and_workers_across_machines_then_a_single_process_resumes(image_f
             assert result.exit_code == 1, result.output
             assert "is being searched by another tune process" in result.output
         slow = {"XTUNE_FAULT_PAUSE_WRITE": _PAUSE, "XTUNE_FAULT_PAUSE_WRITE_MATCH": "backup/state"}
-        workers = {w: _spawn(["worker", "--chief", address, "--project", str(project), "--worker-id", w], env=slow)
+        workers = {w: _spawn(["worker", "--chief", address, "--project", str(project), "--worker-id", w,
+                              "--strategy", "mirrored"], env=slow)  # one replica on a CPU, but the same code path
                    for w in ("a", "b")}
         match = out.wait_for(r"trial (\d+) epoch 1/2 \[worker-(a|b)\]")
         killed_trial, victim = match.group(1), match.group(2)

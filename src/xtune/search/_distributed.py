@@ -627,7 +627,7 @@ def run_worker(
         emit({"event": "worker_start", "worker": slot.tuner_id, "worker_id": slot.worker_id,
               "chief": f"{host}:{port}", "project": str(project), "plan": plan.to_dict(),
               "settings": settings.to_dict()})
-        from xtune.search._callbacks import ChiefLost, SearchInterrupted, TooManyFailures
+        from xtune.search._callbacks import ChiefLost, DiskFull, SearchInterrupted, TooManyFailures
 
         try:
             identity = _connect(host, port, project, stop_event,
@@ -674,6 +674,13 @@ def run_worker(
                     outcome.status, outcome.message = "chief lost", str(error)
             except TooManyFailures as error:
                 outcome.status, outcome.message = "stopped", str(error)
+            except DiskFull as error:
+                raise ProjectError(f"{error}; free some space and start this worker again") from None
+            except OSError as error:
+                if _atomic.is_disk_full(error):
+                    raise ProjectError(f"disk full while saving a trial ({error}); free some space and start "
+                                       "this worker again") from None
+                raise
             outcome.trial_id = client.current_trial if client is not None and outcome.status != "finished" else None
         return outcome
 
