@@ -59,3 +59,34 @@ def configure_devices(mixed_precision: str = "auto") -> dict:
     policy = half if use_half else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return {"backend": backend, "gpus": gpus, "policy": policy}
+
+
+STRATEGIES = ("none", "mirrored")
+
+
+def distribution_strategy(name: str | None):
+    """The data parallelism inside one trial, for KerasTuner's ``distribution_strategy``.
+
+    Args:
+        name: "none" (or None): one device, as Keras picks it. "mirrored":
+            ``tf.distribute.MirroredStrategy`` over the visible GPUs (each batch is split
+            across them; the CPU when there is none).
+
+    Returns:
+        None, or the strategy.
+
+    Raises:
+        UsageError: An unknown name, or "mirrored" on a Keras backend other than TensorFlow.
+    """
+    if name in (None, "none"):
+        return None
+    if name not in STRATEGIES:
+        raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise UsageError(f"--strategy mirrored needs the TensorFlow backend (KERAS_BACKEND is "
+                         f"{keras.backend.backend()!r})")
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()

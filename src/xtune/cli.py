@@ -324,10 +324,22 @@ _SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "fa
               help="kaggle:dogs-vs-cats only: an already downloaded dogs-vs-cats.zip or train.zip (offline).")
 @click.option("--overwrite", is_flag=True, help="Delete the search in --project and start over.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the Hyperband plan and train nothing.")
+@click.option("--workers", type=click.IntRange(1), help="Run trials in this many worker processes on this machine "
+                                                        "(with a chief process that hands them out).")
+@click.option("--gpus", metavar="0,1,...", help="GPUs to divide among the workers (one each for as many workers "
+                                                "as GPUs; --workers defaults to their number).")
+@click.option("--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
+              help="mirrored: train each trial on all the GPUs its process sees (tf.distribute.MirroredStrategy).")
+@click.option("--chief", "serve_chief", is_flag=True,
+              help="Serve this search to workers on other machines (tune worker) instead of running trials.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="With --chief: the interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), help="With --chief: the port to listen on (0: any free one) "
+                                                            "[default: 8000].")
 @click.option("--quiet", "verbosity", flag_value=0, help="Only the final summary.")
 @click.option("--verbose", "verbosity", flag_value=2, help="Also one line per epoch.")
 @click.pass_context
-def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, overwrite, plan_only, verbosity, **_):
+def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, overwrite, plan_only, workers, gpus,
+           strategy, serve_chief, host, port, verbosity, **_):
     """Run a Hyperband search over the mini-Xception family; resume it if it exists.
 
     A new search needs --data. Running the same command (or just --project) again
@@ -337,14 +349,31 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
     --overwrite is the only way to start over. Ctrl-C stops within the current epoch
     and leaves the search resumable.
 
+    Several GPUs or machines: --workers N runs trials in N processes here (--gpus
+    divides the GPUs among them); --chief serves the search to `tune worker`
+    processes on other machines that share the project directory. Either way the
+    search stays resumable, by the same command or by a single process.
+
     \b
     tune search --data demo --image-size 32 --max-trials 20 --max-epochs 9
     tune search --data kaggle:dogs-vs-cats --max-trials 50 --project runs/cats
     tune search --project runs/cats          # resume
+    tune search --project runs/cats --gpus 0,1,2,3           # 4 workers, a GPU each
+    tune search --project /shared/runs/cats --chief --port 8000
     """
     project = project or _default_project(data)
     given = _given(ctx, _SETTINGS)
     verbosity = 1 if verbosity is None else verbosity
+    from xtune.search._distributed import parse_gpus
+
+    gpus = parse_gpus(gpus)
+    if serve_chief and (workers or gpus or strategy != "none"):
+        raise click.UsageError("the chief trains nothing: give --gpus and --strategy to each `tune worker` "
+                               "(and --workers is for workers on this machine, without --chief)")
+    if not serve_chief and (port is not None or _given(ctx, ["host"])):
+        raise click.UsageError("--host and --port are for --chief (--workers picks a free local port)")
+    if gpus and workers is None:
+        workers = len(gpus)
     if plan_only:
         from xtune.search import SearchSettings, resolve_settings
         from xtune.search._run import check_plan_fits_space
@@ -361,11 +390,32 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
         return
     if project is None:
         raise click.UsageError("give --data to start a search, or --project to resume one")
-    from xtune.search import run_search
-
     _quiet_tensorflow()
-    outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, archive=archive, overwrite=overwrite,
-                         progress=_SearchPrinter(verbosity), mixed_precision=mixed_precision)
+    printer = _SearchPrinter(verbosity)
+    if serve_chief:
+        from xtune.search._distributed import DEFAULT_PORT, run_chief
+
+        outcome = run_chief(project, given, host=host, port=DEFAULT_PORT if port is None else port,
+                            on_ready=lambda info: printer({"event": "serving", **info}), space_ref=space_ref,
+                            data_dir=data_dir, archive=archive, overwrite=overwrite, progress=printer)
+    elif workers:
+        from xtune.search._distributed import launch_search
+
+        if archive is not None:  # the chief process then finds the data prepared
+            from xtune.data import prepare_data
+            from xtune.search import SearchSettings
+
+            settings = SearchSettings(**{"data": data or "-", **given})
+            prepare_data(settings.data, data_dir=data_dir, archive=archive, **settings.data_options())
+
+        outcome = launch_search(project, given, workers=workers, gpus=gpus, space_ref=space_ref, data_dir=data_dir,
+                                overwrite=overwrite, mixed_precision=mixed_precision, strategy=strategy,
+                                progress=printer)
+    else:
+        from xtune.search import run_search
+
+        outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, archive=archive, overwrite=overwrite,
+                             progress=printer, mixed_precision=mixed_precision, strategy=strategy)
     _echo_outcome(outcome)
     if outcome.status == "interrupted":
         ctx.exit(130)
@@ -416,7 +466,10 @@ def _duration(seconds) -> str:
 
 
 class _SearchPrinter:
-    """Renders search events: one line per trial (and per epoch with --verbose)."""
+    """Renders search events: one line per trial (and per epoch with --verbose).
+
+    With several workers the trial and epoch lines name the worker (``[worker-1]``).
+    """
 
     def __init__(self, verbosity: int):
         self.verbosity = verbosity
@@ -433,15 +486,36 @@ class _SearchPrinter:
                 plan = e["plan"]
                 what = "Resuming" if e["resumed"] else "Starting"
                 done = f", {e['completed'] + e['failed']} done" if e["resumed"] else ""
-                device = ", ".join(e["devices"]["gpus"]) or "CPU"
                 click.echo(f"{what} {e['project']}: {plan['total_trials']} trials in {len(plan['brackets'])} "
-                           f"Hyperband bracket(s){done} ({device}, {e['devices']['policy']})")
+                           f"Hyperband bracket(s){done} ({self._where(e)})")
+        elif kind == "serving":
+            click.echo(f"Serving the search on {e['host']}:{e['port']}. On each worker machine, with "
+                       f"{e['project']} mounted (any path), run:")
+            click.echo(f"  tune worker --chief {e['address']} --project {e['project']}")
+        elif kind == "workers_started" and self.verbosity:
+            click.echo("Workers: " + ", ".join(f"{w['worker']} (pid {w['pid']})" for w in e["workers"])
+                       + f"; chief pid {e['chief']['pid']} on {e['chief']['address']}")
+        elif kind == "worker_restart":
+            during = f" during trial {e['trial_id']}" if e.get("trial_id") else ""
+            click.echo(f"{e['worker']} (pid {e['old_pid']}) died ({e['reason']}){during}; restarted as pid "
+                       f"{e['pid']}" + ("; the trial resumes at its last saved epoch" if during else ""), err=True)
+        elif kind == "worker_start" and self.verbosity:
+            click.echo(f"{e['worker']}: running trials of {e['project']} for the chief at {e['chief']}")
+        elif kind == "waiting_for_chief" and self.verbosity:
+            click.echo(f"Waiting for the chief at {e['chief']} (start it with: tune search --project ... --chief)")
+        elif kind == "worker_ready" and self.verbosity:
+            devices = e["devices"]
+            replicas = f", {e['replicas']} replicas" if e.get("replicas", 1) > 1 else ""
+            click.echo(f"{e['worker']}: connected ({', '.join(devices['gpus']) or 'CPU'}, {devices['policy']}{replicas})")
+        elif kind == "waiting" and self.verbosity >= 2:
+            click.echo(f"    {e['worker']} waits: the open brackets wait for other workers' trials")
         elif kind == "trial_start":
             self.starts[e["trial_id"]] = e
         elif kind == "epoch_end" and self.verbosity >= 2:
             logs = e["logs"]
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            click.echo(f"    trial {e['trial_id']} epoch {e['epoch']}/{e['epochs']}  {metrics}  ({e['seconds']:.1f}s)")
+            seconds = f"  ({e['seconds']:.1f}s)" if e.get("seconds") is not None else ""
+            click.echo(f"    trial {e['trial_id']} epoch {e['epoch']}/{e['epochs']}{self._tag(e)}  {metrics}{seconds}")
         elif kind == "trial_retry" and self.verbosity:
             click.echo(f"trial {e['trial_id']} failed ({e.get('reason')}); it will run once more")
         elif kind == "trial_end" and self.verbosity:
@@ -454,9 +528,26 @@ class _SearchPrinter:
             else:
                 result = f"FAILED: {e.get('reason')}"
             best = f"best {e['best']:.4f}" if e.get("best") is not None else "best -"
-            click.echo(f"trial {e['index']:>{width}}/{e['total']}  {where}  {epochs:>9}  "
+            eta = f"  ~{_duration(e['eta'])} left" if e.get("eta") is not None or "worker" not in e else ""
+            click.echo(f"trial {e['index']:>{width}}/{e['total']}{self._tag(e)}  {where}  {epochs:>9}  "
                        f"{_short_values(start.get('values', {}))}  {result}  {best}  "
-                       f"{_duration(e['elapsed'])}  ~{_duration(e['eta'])} left")
+                       f"{_duration(e['elapsed'])}{eta}")
+
+    @staticmethod
+    def _tag(e) -> str:
+        return f" [{e['worker']}]" if e.get("worker") else ""
+
+    @staticmethod
+    def _where(e) -> str:
+        if e.get("workers"):
+            workers = e["workers"]
+            gpus = [w["gpus"] for w in workers if w.get("gpus")]
+            threads = workers[0].get("threads")
+            what = f"GPUs {' | '.join(gpus)}" if gpus else "CPU" + (f", {threads} thread(s) each" if threads else "")
+            return f"{len(workers)} worker(s): {what}"
+        if e.get("devices") is None:
+            return "served to workers"
+        return f"{', '.join(e['devices']['gpus']) or 'CPU'}, {e['devices']['policy']}"
 
 
 def _echo_outcome(outcome) -> None:
@@ -470,11 +561,12 @@ def _echo_outcome(outcome) -> None:
         if outcome.interrupted_trial:
             t = outcome.interrupted_trial
             where = f" during trial {t['trial_id']} ({t['epochs_saved']} of {t['epochs']} epochs saved)"
-        click.echo(f"Interrupted{where}. Resume with: tune search --project {project}", err=True)
+        resume = outcome.resume or f"tune search --project {project}"
+        click.echo(f"Interrupted{where}. Resume with: {resume}", err=True)
         return
     if outcome.status == "stopped":
-        click.echo(f"Stopped: {outcome.message}. Fix the cause, then resume with: tune search --project {project}",
-                   err=True)
+        resume = outcome.resume or f"tune search --project {project}"
+        click.echo(f"Stopped: {outcome.message}. Fix the cause, then resume with: {resume}", err=True)
         return
     click.echo(f"Search finished: {outcome.completed + outcome.failed} trials "
                f"({outcome.completed} completed, {outcome.failed} failed).")
@@ -510,6 +602,58 @@ def status(project, fmt):
         click.echo(f"damaged: {problem} (the next `tune search` repairs what it can)")
     if info["state"] == "interrupted":
         click.echo(f"resume: tune search --project {info['project']}")
+
+
+@tune.command()
+@click.option("--chief", metavar="HOST:PORT",
+              help="The chief's address, as `tune search --chief` printed it [default: the address the chief "
+                   "wrote in PROJECT/cluster/chief.json].")
+@_PROJECT
+@click.option("--worker-id", help="This worker's name, unique in the search. A worker restarted with the same id "
+                                  "resumes its unfinished trial [default: HOST-N, the first free N].")
+@click.option("--gpus", metavar="0,1,...", help="The GPUs this worker uses [default: all it sees].")
+@click.option("--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
+              help="mirrored: train each trial on all of this worker's GPUs (tf.distribute.MirroredStrategy).")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="auto: on for GPUs that support it; CPU training stays float32.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where prepared data is cached here [default: the chief's prepared copy if this machine sees "
+                   "it at the same path, else the user's cache directory].")
+@click.option("--quiet", "verbosity", flag_value=0, help="Only the final summary.")
+@click.option("--verbose", "verbosity", flag_value=2, help="Also one line per epoch.")
+@click.pass_context
+def worker(ctx, chief, project, worker_id, gpus, strategy, mixed_precision, data_dir, verbosity):
+    """Run trials for a search that `tune search --chief` serves, until none is left.
+
+    The project directory must be the chief's, shared (a network file system), at
+    any path. The worker reads the search's settings from its run.json and never
+    creates, locks or deletes a search. Ctrl-C stops it within the current epoch;
+    start it again with the same --worker-id and it resumes that trial where it
+    stopped (or let the search resume it: tune search --project DIR).
+
+    \b
+    tune worker --chief gpu-box-1:8000 --project /shared/runs/cats --gpus 0
+    """
+    project = _project_required(project)
+    from xtune.search._distributed import parse_gpus, run_worker
+
+    gpus = parse_gpus(gpus)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # before TensorFlow loads
+    _quiet_tensorflow()
+    outcome = run_worker(project, chief, worker_id=worker_id, data_dir=data_dir, mixed_precision=mixed_precision,
+                         strategy=strategy, progress=_SearchPrinter(1 if verbosity is None else verbosity))
+    name = f"worker {outcome.worker_id}"
+    if outcome.status == "finished":
+        click.echo(f"{name}: done, {outcome.trials} trial(s) run; no trial is left for it.")
+        return
+    again = f"tune worker --project {project} --worker-id {outcome.worker_id}" + (f" --chief {chief}" if chief else "")
+    if outcome.status == "interrupted":
+        during = f" during trial {outcome.trial_id}" if outcome.trial_id else ""
+        click.echo(f"{name}: interrupted{during}. Continue with: {again}", err=True)
+        ctx.exit(130)
+    click.echo(f"{name}: {outcome.message}. Its trial resumes when it or the search starts again: {again}", err=True)
+    ctx.exit(1)
 
 
 @tune.command()

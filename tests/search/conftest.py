@@ -1,4 +1,5 @@
 import pytest
+from click.testing import CliRunner
 
 from ..images import make_image_folder
 
@@ -17,3 +18,14 @@ def search_args(image_folder, project, data_dir, *extra):
     return ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
             "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "10",
             "--max-epochs", "4", "--seed", "3", *extra]
+
+
+@pytest.fixture(scope="session")
+def finished(image_folder, data_dir, tmp_path_factory):
+    """A finished single-process search with ``search_args`` (shared: the distributed tests compare to it)."""
+    from xtune.cli import tune
+
+    project = tmp_path_factory.mktemp("runs") / "shapes"
+    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir))
+    assert result.exit_code == 0, result.output
+    return project, result.output

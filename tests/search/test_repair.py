@@ -39,6 +39,25 @@ def test_oracle_state_is_rebuilt_from_trial_files(tmp_path, stop_after):
     assert resumed.is_finished()
 
 
+def test_every_running_trial_of_several_workers_is_run_again_after_a_rebuild(tmp_path):
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    plan = hyperband_plan(10, 4, 3)
+    oracle = make_oracle(tmp_path, plan, seed=5)
+    drive(oracle, stop_after=2)
+    running = [oracle.create_trial(f"worker-{k}").trial_id for k in (1, 2)]
+    oracle.save()
+    project = tmp_path / "p"
+    (project / "oracle.json").write_text("{")
+    repair_project(project, plan, seed=5)
+    resumed = make_oracle(tmp_path, plan, seed=5)
+    resumed.reload()
+    more = drive(resumed)
+    assert sorted(t.trial_id for t in more[:2]) == running  # first, under their own ids
+    assert len(resumed.trials) == plan.total_trials and resumed.is_finished()
+    assert all(t.status == TrialStatus.COMPLETED for t in resumed.trials.values())
+
+
 def test_a_damaged_trial_file_is_rebuilt_from_our_record(tmp_path):
     plan = hyperband_plan(10, 4, 3)
     oracle = make_oracle(tmp_path, plan)

@@ -22,14 +22,6 @@ from .conftest import search_args
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def finished(image_folder, data_dir, tmp_path_factory):
-    project = tmp_path_factory.mktemp("runs") / "shapes"
-    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir))
-    assert result.exit_code == 0, result.output
-    return project, result.output
-
-
 def _event_files(folder: Path):
     return sorted(folder.rglob("events.out.tfevents.*"))
 

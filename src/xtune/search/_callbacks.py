@@ -27,6 +27,10 @@ class DiskFull(kt_errors.FatalError):
     """A checkpoint, backup or log could not be written for lack of space."""
 
 
+class ChiefLost(kt_errors.FatalError):
+    """A worker lost its chief (stopped or unreachable): stop, leave the trial resumable."""
+
+
 
 def save_weights_atomic(model, path: Path) -> None:
     """``model.save_weights`` (weights and optimizer state), atomically."""

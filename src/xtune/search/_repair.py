@@ -154,12 +154,13 @@ def _oracle_from_trials(trials: dict, plan: HyperbandPlan, seed: int, space_conf
     running = [t for t in ids if trials[t]["status"] not in _ENDED]
     per_iteration = plan.num_brackets
     return {
-        "ongoing_trials": {"tuner0": running[-1]} if running else {},
+        # Every running trial goes back to the queue (several, after a search with workers).
+        "ongoing_trials": {},
         "hyperparameters": space_config or hp_module.HyperParameters().get_config(),
         "start_order": ids,
         "end_order": [t for t in ids if trials[t]["status"] in _ENDED],
         "run_times": {t: 1 for t in ids if trials[t]["status"] in _ENDED},
-        "retry_queue": [],
+        "retry_queue": running,
         "seed": seed,
         "seed_state": seed_state,
         "tried_so_far": sorted(set(tried)),

@@ -51,6 +51,8 @@ class SearchOutcome:
         message: Why it stopped (for "stopped").
         notes: Repairs made to damaged state files, one line each.
         interrupted_trial: ``{"trial_id", "epochs_saved"}`` when interrupted mid-trial.
+        resume: The command that resumes it, when it differs from the plain
+            ``tune search --project DIR`` (several workers).
     """
 
     project: Path
@@ -63,6 +65,7 @@ class SearchOutcome:
     message: str | None = None
     notes: list[str] = field(default_factory=list)
     interrupted_trial: dict | None = None
+    resume: str | None = None
 
 
 def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: bool = False):
@@ -250,6 +253,8 @@ def run_search(
     splits=None,
     data_info: dict | None = None,
     stop_event: threading.Event | None = None,
+    strategy: str | None = None,
+    chief=None,
 ) -> SearchOutcome:
     """Start or resume the search in ``project`` and run it until its plan is done.
 
@@ -270,6 +275,11 @@ def run_search(
         splits: Pre-built data splits (skips ``xtune.data``; for other backends).
         data_info: With ``splits``: what to record as the data in run.json.
         stop_event: Set it to stop as Ctrl-C would (tests, embedding).
+        strategy: "none" or "mirrored": data parallelism inside a trial (see
+            ``xtune._runtime.distribution_strategy``). A run-time choice, not stored.
+        chief: Serve the search to workers instead of running trials here: an object
+            with ``serve(tuner, stop_event)`` (``xtune.search._distributed.ChiefServer``).
+            It trains nothing, so devices are left alone.
 
     Returns:
         A ``SearchOutcome``.
@@ -277,7 +287,7 @@ def run_search(
     Raises:
         UsageError, ProjectError, DataError: one-line user errors.
     """
-    from xtune._runtime import configure_devices
+    from xtune._runtime import configure_devices, distribution_strategy
 
     project = Path(project)
     settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
@@ -296,7 +306,8 @@ def run_search(
             if created:  # a bad dataset leaves nothing behind
                 shutil.rmtree(project, ignore_errors=True)
             raise
-        devices = configure_devices(mixed_precision)
+        devices = None if chief is not None else configure_devices(mixed_precision)
+        strategy_obj = None if chief is not None else distribution_strategy(strategy)
         if overwrite:
             for child in project.iterdir():
                 if child.name != LOCK_FILE:
@@ -322,9 +333,13 @@ def run_search(
         try:
             tuner = make_tuner(project, settings, space, splits, resume=resumed, emit=tracker,
                                stop_event=stop_event, epoch_backups=epoch_backups, tensorboard=tensorboard,
-                               max_consecutive_failures=settings.max_consecutive_failures)
+                               max_consecutive_failures=settings.max_consecutive_failures,
+                               distribution_strategy=strategy_obj)
             with _stop_on_signals(stop_event):
-                tuner.search(verbose=0)
+                if chief is not None:
+                    chief.serve(tuner, stop_event)
+                else:
+                    tuner.search(verbose=0)
         except SearchInterrupted:
             outcome = _outcome(project, "interrupted", plan, resumed, notes)
             running = [t for t in _running_trials(project)]

@@ -15,6 +15,7 @@ import keras
 import keras_tuner
 from keras_tuner.src import errors as kt_errors
 from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.src.engine import tuner as tuner_module
 
 from xtune import _atomic
 from xtune.search._callbacks import (
@@ -169,11 +170,12 @@ class SearchTuner(keras_tuner.Tuner):
             record["params"] = int(model.count_params())
             start = initial_epoch
             if backup is not None:
-                restore_snapshot(model, backup["arrays"])
+                with tuner_module.maybe_distribute(self.distribution_strategy):
+                    restore_snapshot(model, backup["arrays"])
                 start = backup["epochs_done"]
                 record["resumed_at_epochs"] = record["resumed_at_epochs"] + [start]
             elif "tuner/trial_id" in hp.values:
-                _restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+                self._restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
             _atomic.write_json(record_path, record)
             state = EpochState(self.oracle.objective, self.backup_dir(trial_id) if self.epoch_backups else None,
                                resume=backup)
@@ -219,6 +221,11 @@ class SearchTuner(keras_tuner.Tuner):
                        "seconds_run": time.monotonic() - started})
         _atomic.write_json(record_path, record)
         return {k: v for k, v in best_record.items() if k != "epoch"}
+
+    def _restore(self, model, weights_path) -> None:
+        # The optimizer's variables are built where the model's were: in the strategy's scope.
+        with tuner_module.maybe_distribute(self.distribution_strategy):
+            _restore(model, weights_path)
 
     def _tensorboard_callbacks(self, trial):
         from tensorboard.plugins.hparams import api as hparams_api
