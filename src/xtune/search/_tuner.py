@@ -192,7 +192,8 @@ class SearchTuner(keras_tuner.Tuner):
             )
             history = state.history
             if state.best_arrays is not None:  # KerasTuner's checkpoint: the best epoch
-                restore_snapshot(model, state.best_arrays)
+                with tuner_module.maybe_distribute(self.distribution_strategy):
+                    restore_snapshot(model, state.best_arrays)
                 save_weights_atomic(model, Path(self._get_checkpoint_fname(trial_id)))
         except (SearchInterrupted, kt_errors.FatalError):
             record["seconds_run"] = time.monotonic() - started
