@@ -108,7 +108,8 @@ def export_model(
     The model is rebuilt from its stored hyperparameters and trained from scratch
     with the search's seed, batch size, augmentation and data order. Its batch-norm
     statistics are then re-estimated over the training data (see
-    ``reestimate_batch_norm``), it is evaluated on the test split, written as
+    ``reestimate_batch_norm``; the card keeps the test metrics before and after), it
+    is evaluated on the test split, written as
     ``model.keras``, ``saved_model/`` and ``model.tflite``, and every format is
     reloaded and checked against it (``TOLERANCE``).
 
@@ -178,7 +179,7 @@ def export_model(
     import keras
 
     from xtune._runtime import configure_devices
-    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm
+    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
     from xtune.spaces import build_model, compile_model
 
     configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
@@ -212,20 +213,24 @@ def export_model(
         train_data, steps = splits.train(), splits.steps_per_epoch
     seconds = time.monotonic() - started
 
-    # The inference model: the same weights, no augmentation layers.
-    inference = _inference_model(model, config, input_shape, len(names))
+    # Batch-norm statistics of the final weights, then the inference model: the same
+    # weights, no augmentation layers.
     bn = None
-    if batch_norm_layers(inference):
-        emit({"event": "phase", "phase": "batch_norm", "message": "re-estimating batch-norm statistics"})
-        before = _evaluate(inference, splits.test, names)[0]
-        bn_data = train_data if retrain else splits.train()
-        used = reestimate_batch_norm(inference, iter(bn_data), steps=steps)
-        bn = {"batches": used, "test_before": {k: before[k] for k in ("accuracy", "loss")}}
+    if batch_norm_layers(model):
+        before = _evaluate(_inference_model(model, config, input_shape, len(names)), splits.test, names)[0]
+        count = reestimation_steps(steps)
+        emit({"event": "phase", "phase": "batch_norm",
+              "message": f"re-estimating batch-norm statistics over {count} training batches"})
+        keras.utils.set_random_seed(settings.seed)
+        used = reestimate_batch_norm(model, iter(train_data), steps=count)
+        bn = {"batches": used, "augmentation": config.augmentation,
+              "test_before": {k: before[k] for k in ("accuracy", "loss")}}
+    inference = _inference_model(model, config, input_shape, len(names))
     emit({"event": "phase", "phase": "evaluate", "message": "evaluating on the test split"})
     test, check_images = _evaluate(inference, splits.test, names)
     if bn is not None:
         bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
-    reference = np.asarray(inference.predict_on_batch(check_images))
+    reference = np.asarray(inference(check_images, training=False))
 
     card = {
         "format": CARD_FORMAT,
@@ -393,7 +398,7 @@ def _evaluate(model, dataset, class_names: list[str]):
     kept = 0
     for images, batch_labels in dataset:
         images = np.asarray(images)
-        probabilities.append(np.asarray(model.predict_on_batch(images)))
+        probabilities.append(np.asarray(model(images, training=False)))  # eager: no retracing per batch size
         labels.append(np.asarray(batch_labels).reshape(-1))
         if kept < CHECK_IMAGES:
             check.append(images[: CHECK_IMAGES - kept])
@@ -463,7 +468,7 @@ def _predict_keras(folder: Path, images):
     import keras
 
     model = keras.models.load_model(folder / "model.keras")
-    return model.predict_on_batch(images)
+    return model(images, training=False)
 
 
 def _predict_saved_model(folder: Path, images):
