@@ -80,6 +80,133 @@ def tune():
     _quiet_tensorflow()
 
 
+# ---------------------------------------------------------------------------- data
+
+_DATA_SOURCE_HELP = """\b
+SOURCE is one of:
+  demo                  1,797 handwritten digits shipped in scikit-learn (offline)
+  kaggle:dogs-vs-cats   the book's data: downloaded with your Kaggle API token
+                        (~/.kaggle/kaggle.json) or read from --archive
+  FOLDER                train/ validation/ test/ with one sub-folder per class each,
+                        or class sub-folders only (split here, stratified)"""
+
+
+class _SplitSizes(click.ParamType):
+    name = "TRAIN,VAL,TEST"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 3 or min(sizes) < 1:
+            self.fail(f"expected three positive numbers like 1000,500,1000; got {value!r}", param, ctx)
+        return sizes
+
+
+def _data_options(fn):
+    """The options that name a prepared copy (shared by prepare and info)."""
+    options = [
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where prepared data is cached [default: $XTUNE_DATA_DIR, else "
+                          "$XDG_CACHE_HOME/xtune, else ~/.cache/xtune]."),
+        click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=0.15, show_default=True, help="FOLDER of class sub-folders only: share of each "
+                                                           "class for validation."),
+        click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15,
+                     show_default=True, help="FOLDER of class sub-folders only: share of each class for test."),
+        click.option("--split-seed", type=int, default=1337, show_default=True,
+                     help="FOLDER of class sub-folders only: seeds the stratified split."),
+        click.option("--split-sizes", "kaggle_split", type=_SplitSizes(), default="1000,500,1000",
+                     show_default=True, help="kaggle:dogs-vs-cats only: images per class for train, validation "
+                                             "and test, in file-number order (the book's split)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@tune.group("data")
+def data_group():
+    """Prepare a dataset and see what training will get from it."""
+
+
+@data_group.command("prepare", epilog=_DATA_SOURCE_HELP)
+@click.argument("source")
+@_data_options
+@click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="kaggle:dogs-vs-cats only: an already downloaded dogs-vs-cats.zip or train.zip (offline).")
+@click.option("--overwrite", is_flag=True, help="Prepare again even if a complete copy exists.")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def data_prepare(source, data_dir, validation_fraction, test_fraction, split_seed, kaggle_split, archive,
+                 overwrite, fmt):
+    """Download, unpack and check SOURCE into a prepared copy that training reads.
+
+    Every file is checked once: non-images, empty, truncated and corrupt files are
+    skipped and listed; grayscale, RGBA, palette, CMYK and 16-bit images are converted
+    to RGB. Running it again reuses the prepared copy (a folder is prepared again when
+    it changed). An interrupted run leaves nothing that is taken for complete.
+    """
+    from xtune.data import prepare_data
+
+    prepared = prepare_data(source, data_dir=data_dir, archive=archive, validation_fraction=validation_fraction,
+                            test_fraction=test_fraction, split_seed=split_seed, kaggle_split=kaggle_split,
+                            overwrite=overwrite, progress=lambda line: click.echo(line, err=True))
+    _echo_data_info({"status": "prepared", **prepared.to_dict()}, fmt)
+
+
+@data_group.command("info", epilog=_DATA_SOURCE_HELP)
+@click.argument("source")
+@_data_options
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def data_info(source, data_dir, validation_fraction, test_fraction, split_seed, kaggle_split, fmt):
+    """Classes, images per split, skipped files (with the reason) and conversions.
+
+    Shows the prepared copy. A FOLDER that is not prepared yet (or changed since) is
+    scanned read-only, so its bad files show before preparing; demo and
+    kaggle:dogs-vs-cats must be prepared first. Use the split options it was
+    prepared with.
+    """
+    from xtune.data import describe_data
+
+    info = describe_data(source, data_dir=data_dir, validation_fraction=validation_fraction,
+                         test_fraction=test_fraction, split_seed=split_seed, kaggle_split=kaggle_split)
+    _echo_data_info(info, fmt)
+
+
+def _echo_data_info(info: dict, fmt: str) -> None:
+    if fmt == "json":
+        _echo_json(info)
+        return
+    status = {"prepared": f"prepared in {info['root']}",
+              "not prepared": "not prepared yet: a read-only scan (tune data prepare writes it)",
+              "changed": "changed since it was prepared: a read-only scan (tune data prepare redoes it)"}
+    click.echo(f"Data: {info['source']} ({status.get(info['status'], info['status'])})")
+    sizes = info["sizes"]
+    click.echo(f"{info['num_classes']} classes, {sum(sizes.values()):,} images: "
+               + ", ".join(f"{split} {n:,}" for split, n in sizes.items()))
+    counts = info["counts"]
+    rows = [{"class": cls, **{split: counts[split][cls] for split in counts},
+             "total": sum(counts[split][cls] for split in counts)} for cls in info["class_names"]]
+    _echo_table(rows)
+    if info.get("fingerprint"):
+        click.echo(f"fingerprint: {info['fingerprint']}")
+    if info.get("origin"):
+        click.echo(f"origin: {info['origin']}; license: {info['license']}")
+    click.echo()
+    skipped = info["skipped"]
+    click.echo(f"Skipped {len(skipped)} file{'' if len(skipped) == 1 else 's'}" + (":" if skipped else "."))
+    _echo_table([{"file": s["path"], "reason": s["reason"]} for s in skipped])
+    converted = info["converted"]
+    if converted:
+        click.echo(f"Converted to RGB: {len(converted)} file{'' if len(converted) == 1 else 's'}:")
+        _echo_table([{"file": c["path"], "original": c["original"], "how": c["action"]} for c in converted])
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}")
+
+
 # ---------------------------------------------------------------------------- space
 
 
@@ -135,7 +262,7 @@ def space_check(file):
 # ---------------------------------------------------------------------------- search
 
 _PROJECT = click.option("--project", type=click.Path(file_okay=False, path_type=Path),
-                        help="The search directory (runs/NAME).")
+                        help="The search directory (runs/NAME). For a new search it defaults to runs/<data name>.")
 
 
 def _project_required(project):

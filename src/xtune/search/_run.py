@@ -274,22 +274,17 @@ def run_search(
         return _outcome(project, "already finished", plan, resumed=True)
     check_plan_fits_space(plan, space)
 
-    # Data first: a bad dataset stops here, before anything is written.
-    if splits is None:
-        from xtune.data import load_splits, prepare_data
-
-        prepared = prepare_data(settings.data, data_dir=data_dir)
-        data_info = prepared.to_dict()
-        if run is not None and run.get("data") and run["data"].get("fingerprint") not in (None, data_info.get("fingerprint")):
-            raise ProjectError(
-                f"the data of {settings.data!r} changed since this search started ({project / RUN_FILE}); "
-                "restore it, or start over with --overwrite"
-            )
-        splits = load_splits(prepared, image_size=settings.image_size, batch_size=settings.batch_size, seed=settings.seed)
-    devices = configure_devices(mixed_precision)
-
     stop_event = stop_event or threading.Event()
+    created = not project.exists()
     with ProjectLock(project):
+        try:
+            if splits is None:
+                splits, data_info = _load_data(project, settings, run, data_dir)
+        except BaseException:
+            if created:  # a bad dataset leaves nothing behind
+                shutil.rmtree(project, ignore_errors=True)
+            raise
+        devices = configure_devices(mixed_precision)
         if overwrite:
             for child in project.iterdir():
                 if child.name != LOCK_FILE:
@@ -335,6 +330,22 @@ def run_search(
         outcome = _outcome(project, "finished", plan, resumed, notes)
         _atomic.write_json(project / FINISHED_FILE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return outcome
+
+
+def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir):
+    """Prepare (or reuse) the search's data and build its splits; refuse changed data."""
+    from xtune.data import load_splits, prepare_data
+
+    prepared = prepare_data(settings.data, data_dir=data_dir)
+    data_info = prepared.to_dict()
+    stored = (run or {}).get("data") or {}
+    if stored.get("fingerprint") not in (None, data_info.get("fingerprint")):
+        raise ProjectError(
+            f"the data of {settings.data!r} changed since this search started ({project / RUN_FILE}); "
+            "restore it, or start over with --overwrite"
+        )
+    splits = load_splits(prepared, image_size=settings.image_size, batch_size=settings.batch_size, seed=settings.seed)
+    return splits, data_info
 
 
 def _running_trials(project: Path) -> list[dict]:

@@ -81,6 +81,15 @@ class SearchTuner(keras_tuner.Tuner):
             super().__init__(oracle=oracle, hypermodel=hypermodel, directory=str(project_dir.parent),
                              project_name=project_dir.name, overwrite=False, **kwargs)
 
+    def _populate_initial_space(self):
+        # Register the space without building models (KerasTuner builds one per
+        # conditional scope here): sampling registers every hyperparameter.
+        from xtune.spaces import sample_config
+
+        hp = self.oracle.get_space()
+        sample_config(hp, self.hypermodel.space)
+        self.oracle.update_space(hp)
+
     # -- paths -----------------------------------------------------------------------
 
     @property

@@ -1,0 +1,154 @@
+"""The data directory: where it is, its layout, locking and atomic writes.
+
+::
+
+    <data dir>/
+      prepared/<name>/            complete prepared copies: {train,validation,test}/<class>/...
+                                  and prepared.json, written last
+      prepared/.tmp-<name>-...    a copy being built (a leftover one is removed, never used)
+      downloads/dogs-vs-cats.zip  complete downloads only (``.part`` folders while downloading)
+      sources/demo-digits/        the demo images, written once
+      cache/                      decoded images of a running process (``cache="disk"``)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from xtune.errors import DataError
+
+MARKER = "prepared.json"
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+
+
+def default_data_dir() -> Path:
+    """Where prepared data is cached unless ``--data-dir`` says otherwise.
+
+    ``$XTUNE_DATA_DIR``, else ``$XDG_CACHE_HOME/xtune``, else ``~/.cache/xtune``.
+    """
+    env = os.environ.get("XTUNE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "xtune"
+
+
+def resolve_data_dir(data_dir) -> Path:
+    return Path(data_dir).expanduser().absolute() if data_dir is not None else default_data_dir().absolute()
+
+
+def short_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:40] or "folder"
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on ``folder`` (created if needed) for the block.
+
+    One preparation at a time per data directory, also across processes (distributed
+    workers sharing a data directory wait for the first one, then reuse its copy).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the data directory {folder}: {error.strerror or error}") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def temp_sibling(final: Path) -> Path:
+    """A fresh, hidden folder next to ``final`` to build into."""
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove half-built folders and files left by killed processes (call under the lock)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+            remove(entry)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` folder to ``final``, replacing what is there."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.parent / f"{OLD_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        remove(old)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync it, rename it over."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of a complete prepared folder, or None (missing, unreadable, not ours)."""
+    try:
+        with open(folder / MARKER, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def disk_full(error: OSError) -> bool:
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
