@@ -1,0 +1,236 @@
+"""Kill a running `tune search` with SIGKILL at many moments, resume it, check nothing is lost.
+
+    python scripts/kill_resume.py --kills 30 [--workdir DIR] [--max-trials 20] [--seed 7]
+
+1. Generates a tiny two-class image folder (16 px) and runs the search once without
+   interruption: the reference.
+2. Runs the same search in a subprocess and kills it with SIGKILL, over and over,
+   aiming at: the first trial, the moments between trials, the inside of an epoch,
+   and the inside of a state write (writes are slowed down with the fault hook
+   ``XTUNE_FAULT_PAUSE_WRITE`` for that, and the kill lands while a temporary file
+   exists). After every kill, every state file must still load; then it resumes.
+3. At the end: every trial of the plan completed exactly once, no trial id or
+   architecture twice, and the same trials (architecture, bracket, round) as the
+   reference; every trial interrupted after a completed epoch resumed from that epoch.
+
+Prints a JSON report; exits 1 if a check fails. The test suite runs it with fewer kills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHASES = ("first trial", "between trials", "inside an epoch", "during a state write")
+
+
+def make_images(folder: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
+    """Two learnable classes of tiny PNGs: bright top half vs bright bottom half."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("top", "bottom")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            rows = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+            img[rows] = rng.integers(170, 255, (size // 2, size, 3), dtype=np.uint8)
+            Image.fromarray(img).save(folder / name / f"{i:03d}.png")
+    return folder
+
+
+def search_command(data: Path, project: Path, data_dir: Path, args) -> list[str]:
+    return [sys.executable, "-m", "xtune", "search", "--data", str(data), "--project", str(project),
+            "--data-dir", str(data_dir), "--image-size", "16", "--batch-size", "8", "--space", "small",
+            "--max-trials", str(args.max_trials), "--max-epochs", str(args.max_epochs), "--seed", str(args.seed),
+            "--verbose"]
+
+
+def _env(pause_writes: bool) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env.pop("XTUNE_FAULT_PAUSE_WRITE", None)
+    if pause_writes:
+        env["XTUNE_FAULT_PAUSE_WRITE"] = "0.15"
+    return env
+
+
+def trials_on_disk(project: Path) -> dict:
+    """trial id -> (status, space values, bracket, round); raises if any state file fails to load."""
+    from xtune.search import load_project
+
+    state = load_project(project)
+    if state.problems:
+        raise AssertionError(f"unloadable state after a kill: {state.problems}")
+    if (project / "oracle.json").exists():
+        json.loads((project / "oracle.json").read_text())  # must parse
+    out = {}
+    for t in state.trials:
+        json.loads((project / f"trial_{t.trial_id}" / "trial.json").read_text())
+        out[t.trial_id] = {"status": t.status, "values": t.values, "bracket": t.bracket, "round": t.round,
+                           "parent": t.parent, "initial_epoch": t.initial_epoch,
+                           "epochs_saved": (t.backup or {}).get("epochs_done"), "record": t.record}
+    return out
+
+
+def _phase_now(project: Path, saw_epoch_end: bool) -> str:
+    if list(project.rglob("*.tmp-*")):
+        return "during a state write"
+    ended = [t for t in project.glob("trial_*/xtune.json") if '"status"' in t.read_text()]
+    if not ended:
+        return "first trial"
+    return "inside an epoch" if saw_epoch_end else "between trials"
+
+
+def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: float = 300) -> dict:
+    """Start the search, SIGKILL it at a moment of kind ``target``; return what happened."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(target == "during a state write"), start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l.rstrip("\n")) for l in proc.stdout], daemon=True).start()
+    seen, killed_at, deadline = [], None, time.monotonic() + timeout
+    epochs_seen = 0
+    wait_epochs = rng.randint(1, 3)
+    while time.monotonic() < deadline:
+        new = []
+        while not lines.empty():
+            new.append(lines.get())
+        seen.extend(new)
+        epochs_seen += sum(l.strip().startswith("trial") and " epoch " in l for l in new)
+        if proc.poll() is not None and lines.empty():
+            break
+        fire = False
+        if target == "first trial":
+            fire = epochs_seen >= 1
+        elif target == "between trials":
+            fire = any(l.startswith("trial ") for l in new)
+        elif target == "inside an epoch":
+            if epochs_seen >= wait_epochs:
+                time.sleep(rng.uniform(0.05, 0.4))
+                fire = True
+        elif target == "during a state write":
+            fire = bool(list(project.rglob("*.tmp-*")))
+        if fire:
+            killed_at = _phase_now(project, target == "inside an epoch")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.01)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError("the search neither finished nor reached a kill point in time:\n" + "\n".join(seen[-20:]))
+    finished = killed_at is None
+    if finished and proc.returncode != 0:
+        raise AssertionError(f"the search failed (exit {proc.returncode}):\n" + "\n".join(seen[-30:]))
+    return {"target": target, "killed_at": killed_at, "finished": finished, "output": seen}
+
+
+def run(args) -> dict:
+    rng = random.Random(args.seed)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="xtune-kill-"))
+    data = make_images(work / "images")
+    data_dir = work / "data"
+    started = time.monotonic()
+
+    # The reference runs beside the killed runs (its data is prepared first, once).
+    reference = work / "reference"
+    subprocess.run([sys.executable, "-m", "xtune", "data", "prepare", str(data), "--data-dir", str(data_dir)],
+                   check=True, capture_output=True, env=_env(False))
+    ref_proc = subprocess.Popen(search_command(data, reference, data_dir, args), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=_env(False))
+
+    project = work / "killed"
+    kills, interrupted_epochs = [], {}
+    later = PHASES[1:]
+    targets = ["first trial"] + [later[i % len(later)] for i in range(args.kills - 1)]
+    tail = targets[1:]
+    rng.shuffle(tail)
+    targets = targets[:1] + tail
+    finished = False
+    for target in targets:
+        result = kill_once(search_command(data, project, data_dir, args), project, target, rng)
+        if result["finished"]:
+            finished = True
+            break
+        on_disk = trials_on_disk(project)  # raises if anything is unloadable
+        for trial_id, t in on_disk.items():
+            if t["status"] == "RUNNING" and t["epochs_saved"] and t["epochs_saved"] > t["initial_epoch"]:
+                interrupted_epochs.setdefault(trial_id, set()).add(t["epochs_saved"])
+        kills.append({"target": target, "killed_at": result["killed_at"], "trials_on_disk": len(on_disk)})
+    if not finished:
+        final = subprocess.run(search_command(data, project, data_dir, args), capture_output=True, text=True, env=_env(False))
+        if final.returncode != 0:
+            raise SystemExit(f"final resume failed:\n{final.stdout[-3000:]}\n{final.stderr[-2000:]}")
+    got = trials_on_disk(project)
+    ref_out, _ = ref_proc.communicate()
+    if ref_proc.returncode != 0:
+        raise SystemExit(f"reference search failed:\n{ref_out[-3000:]}")
+    expected = trials_on_disk(reference)
+
+    checks = {}
+    checks["all trials completed"] = all(t["status"] == "COMPLETED" for t in got.values())
+    checks["same number of trials as the reference"] = len(got) == len(expected)
+    # Architectures and brackets depend only on the seed; which trial a promotion
+    # continues depends on scores, which float arithmetic may change after a resume.
+    checks["same architectures and brackets as the reference"] = all(
+        trial_id in got and (got[trial_id]["bracket"], got[trial_id]["round"]) == (t["bracket"], t["round"])
+        and (t["round"] != 0 or got[trial_id]["values"] == t["values"])
+        for trial_id, t in expected.items())
+    same_promotions = all(got.get(i, {}).get("parent") == t["parent"] for i, t in expected.items())
+    first_round = [json.dumps(t["values"], sort_keys=True) for t in got.values() if t["round"] == 0]
+    checks["no architecture twice"] = len(first_round) == len(set(first_round))
+    checks["no trial id twice"] = len(set(got)) == len(got)
+    resumed_ok = {}
+    for trial_id, epochs in interrupted_epochs.items():
+        resumed = set(got[trial_id]["record"].get("resumed_at_epochs", []))
+        resumed_ok[trial_id] = epochs <= resumed
+    checks["interrupted trials resumed from their last epoch"] = all(resumed_ok.values())
+    from xtune.search import load_project
+
+    plan_total = load_project(project).plan.total_trials
+    checks["trials equal the plan"] = len(got) == plan_total
+    report = {
+        "kills": len(kills),
+        "kills_by_phase": {p: sum(k["killed_at"] == p for k in kills) for p in PHASES},
+        "plan_trials": plan_total,
+        "trials_completed": sum(t["status"] == "COMPLETED" for t in got.values()),
+        "trials_resumed_mid_trial": len(interrupted_epochs),
+        "same_promotions_as_reference": same_promotions,
+        "checks": checks,
+        "seconds": round(time.monotonic() - started, 1),
+        "workdir": str(work),
+    }
+    if not args.workdir and all(checks.values()):
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--max-trials", type=int, default=20)
+    parser.add_argument("--max-epochs", type=int, default=4)  # with 20: a plan of 20 trials
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed on success)")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(json.dumps(report, indent=2))
+    return 0 if all(report["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""`tune search` end to end on generated images: plan, TensorBoard, resume, refusals."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xtune.cli import tune
+from xtune.search import load_project, search_status
+from xtune.search._project import ProjectLock
+
+from .conftest import search_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(image_folder, data_dir, tmp_path_factory):
+    project = tmp_path_factory.mktemp("runs") / "shapes"
+    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir))
+    assert result.exit_code == 0, result.output
+    return project, result.output
+
+
+def _event_files(folder: Path):
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def test_trials_equal_the_plan_and_each_has_a_score(finished):
+    project, output = finished
+    state = load_project(project)
+    assert state.plan.total_trials == 10
+    assert len(state.trials) == 10
+    assert all(t.status == "COMPLETED" and t.score is not None for t in state.trials)
+    assert [(t.bracket, t.round, t.epochs) for t in state.trials] == [(1, 0, 2)] * 5 + [(1, 1, 4)] * 2 + [(0, 0, 4)] * 3
+    assert "trial  1/10" in output and "trial 10/10" in output
+    assert "Search finished: 10 trials (10 completed, 0 failed)" in output
+    assert (project / "finished.json").exists()
+
+
+def test_promoted_trials_continue_from_their_parent(finished):
+    project, _ = finished
+    for t in load_project(project).trials:
+        if t.parent is not None:
+            assert [h["epoch"] for h in t.record["history"]] == [3, 4]
+
+
+def test_tensorboard_events_parse_with_hparams(finished):
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    project, _ = finished
+    for t in load_project(project).trials:
+        logdir = project / "logs" / t.trial_id
+        scalars = set()
+        for f in _event_files(logdir / "validation"):
+            for event in event_file_loader.EventFileLoader(str(f)).Load():
+                scalars |= {v.tag for v in event.summary.value}
+        assert "epoch_accuracy" in scalars
+        hparams = {}
+        for f in _event_files(logdir):
+            if f.parent != logdir:
+                continue
+            for event in event_file_loader.EventFileLoader(str(f)).Load():
+                for value in event.summary.value:
+                    if value.tag == hparams_metadata.SESSION_START_INFO_TAG:
+                        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                        hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+        assert set(hparams) == set(t.values) | {"bracket", "round"}
+        assert not any(k.startswith("tuner/") for k in hparams)
+        assert hparams["round"].number_value == t.round
+
+
+def test_a_finished_search_says_so(finished):
+    project, _ = finished
+    result = CliRunner().invoke(tune, ["search", "--project", str(project)])
+    assert result.exit_code == 0
+    assert f"The search in {project} is finished" in result.output
+
+
+def test_a_conflicting_flag_is_refused_in_one_line(finished):
+    project, _ = finished
+    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--image-size", "32"])
+    assert result.exit_code == 2
+    assert "--image-size 32 conflicts with this search's 16" in result.output
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+    # The same value as stored is no conflict.
+    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--image-size", "16"])
+    assert result.exit_code == 0, result.output
+
+
+def test_status_of_a_finished_search(finished):
+    project, _ = finished
+    info = search_status(project)
+    assert info["state"] == "finished" and info["trials_ended"] == info["plan_trials"] == 10
+    result = CliRunner().invoke(tune, ["status", "--project", str(project)])
+    assert result.exit_code == 0 and "finished" in result.output
+
+
+def _search_process(image_folder, project, data_dir, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, "-m", "xtune", *search_args(image_folder, project, data_dir, "--verbose", *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _read_until(proc, predicate, timeout=240):
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if predicate(line, lines):
+            return lines
+    raise AssertionError("did not happen:\n" + "".join(lines[-20:]))
+
+
+def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, tmp_path):
+    project = tmp_path / "killed"
+    # Ctrl-C inside the first trial's second epoch: stops in the epoch, says how to resume.
+    proc = _search_process(image_folder, project, data_dir)
+    _read_until(proc, lambda line, _: " epoch 1/" in line)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Interrupted during trial 0000" in out and f"Resume with: tune search --project {project}" in out
+    status = search_status(project)
+    assert status["state"] == "interrupted" and status["interrupted"][0]["trial_id"] == "0000"
+
+    # SIGKILL after three completed trials.
+    proc = _search_process(image_folder, project, data_dir)
+    lines = _read_until(proc, lambda line, lines: sum(l.startswith("trial ") for l in lines) >= 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.trial_id: t for t in load_project(project).trials if t.status == "COMPLETED"}
+    assert len(before) >= 3
+    stamps = {i: (project / f"trial_{i}" / "checkpoint.weights.h5").stat().st_mtime_ns for i in before}
+
+    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir))
+    assert result.exit_code == 0, result.output
+    assert "Resuming" in result.output
+    after = load_project(project)
+    assert len(after.trials) == after.plan.total_trials == 10
+    assert all(t.status == "COMPLETED" for t in after.trials)
+    for trial_id, t in before.items():  # kept, never re-run
+        assert after.trials[int(trial_id)].record["history"] == t.record["history"]
+        assert (project / f"trial_{trial_id}" / "checkpoint.weights.h5").stat().st_mtime_ns == stamps[trial_id]
+    assert after.trials[0].record["resumed_at_epochs"] == [1]  # the Ctrl-C'd trial went on from epoch 1
+
+
+def test_a_second_search_on_a_locked_project_is_refused(finished, image_folder, data_dir):
+    project, _ = finished
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from xtune.search import ProjectLock;"
+                               f"ProjectLock({str(project)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # Not even --overwrite gets past a running search.
+        result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir, "--overwrite"))
+        assert result.exit_code == 1
+        assert f"is being searched by another tune process (pid {holder.pid}" in result.output
+        assert search_status(project)["state"] == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    # A lock left by a killed process does not block.
+    with ProjectLock(project):
+        pass
+    assert search_status(project)["state"] == "finished"
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(image_folder, data_dir, tmp_path, monkeypatch):
+    from xtune.search import run_search
+    from xtune.spaces import _hypermodel
+
+    real = _hypermodel.build_model
+
+    def flaky(config, *args, **kwargs):
+        if config.conv_type == "standard":
+            raise ValueError(f"{config.num_stages} stages are too deep for this test")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(_hypermodel, "build_model", flaky)
+    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 10, "max_epochs": 4, "seed": 3}
+    outcome = run_search(tmp_path / "flaky", given, space_ref="small", data_dir=data_dir)
+    assert outcome.status == "finished"
+    state = load_project(tmp_path / "flaky")
+    failed = [t for t in state.trials if t.status == "FAILED"]
+    assert failed and outcome.failed == len(failed) and outcome.completed > 0
+    for t in failed:
+        assert t.values["conv_type"] == "standard"
+        assert "too deep for this test" in t.record["reason"]
+
+    # All failing: the search stops after --max-failures in a row, resumably.
+    monkeypatch.setattr(_hypermodel, "build_model", lambda *a, **k: (_ for _ in ()).throw(MemoryError("OOM")))
+    outcome = run_search(tmp_path / "doomed", {**given, "max_consecutive_failures": 2}, space_ref="small", data_dir=data_dir)
+    assert outcome.status == "stopped"
+    assert "2 trials failed in a row" in outcome.message and "out of memory" in outcome.message
+
+
+def test_board_serves_tensorboard(finished):
+    project, _ = finished
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "xtune", "board", "--project", str(project), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = _read_until(proc, lambda l, _: "TensorBoard for" in l, timeout=60)[-1]
+        assert f":{port}" in line
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert any(run.startswith("0000") for run in runs)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
