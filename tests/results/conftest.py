@@ -1,4 +1,4 @@
-"""A tiny finished search on generated images, made once per session and copied per test."""
+"""A tiny finished search on a generated image folder, made once per session and copied per test."""
 
 import shutil
 
@@ -29,70 +29,48 @@ def stripes(n: int, size: int = IMAGE_SIZE, classes: int = 2, seed: int = 0):
     return images, labels.astype("int32")
 
 
-class ArraySplits:
-    """Stands in for ``xtune.data.Splits``: the same attributes, over numpy arrays."""
+def write_stripes_folder(folder, classes=CLASSES, per_class: int = 48, size: int = IMAGE_SIZE, seed: int = 0):
+    """A folder source (``folder/<class>/*.png``) of ``stripes`` images."""
+    from PIL import Image
 
-    def __init__(self, train=64, validation=16, test=32, classes=CLASSES, batch_size=16, seed=0):
-        self.class_names = list(classes)
-        k = len(classes)
-        self.arrays_by_split = {
-            "train": stripes(train, classes=k, seed=seed + 1),
-            "validation": stripes(validation, classes=k, seed=seed + 2),
-            "test": stripes(test, classes=k, seed=seed + 3),
-        }
-        self.sizes = {name: len(y) for name, (x, y) in self.arrays_by_split.items()}
-        self.batch_size = batch_size
-        self.seed = seed
-        self.steps_per_epoch = -(-self.sizes["train"] // batch_size)
-
-    def arrays(self, split):
-        return self.arrays_by_split[split]
-
-    def train(self, start_epoch=0):
-        import tensorflow as tf
-
-        x, y = self.arrays_by_split["train"]
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.shuffle(len(y), seed=self.seed + start_epoch, reshuffle_each_iteration=True).repeat()
-        return ds.batch(self.batch_size)
-
-    def _finite(self, split):
-        import tensorflow as tf
-
-        x, y = self.arrays_by_split[split]
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(self.batch_size)
-
-    @property
-    def validation(self):
-        return self._finite("validation")
-
-    @property
-    def test(self):
-        return self._finite("test")
+    images, labels = stripes(per_class * len(classes), size=size, classes=len(classes), seed=seed)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image.astype(np.uint8)).save(folder / classes[label] / f"{i:04d}.png")
+    return folder
 
 
-def data_record(splits):
-    return {"source": "generated", "class_names": list(splits.class_names), "counts": dict(splits.sizes),
-            "fingerprint": "generated-stripes-0"}
-
-
-SETTINGS = {"data": "generated", "image_size": IMAGE_SIZE, "batch_size": 16, "max_trials": 10, "max_epochs": 4,
-            "seed": 3}
+def settings_for(image_root):
+    return {"data": str(image_root), "image_size": IMAGE_SIZE, "batch_size": 16, "max_trials": 10,
+            "max_epochs": 4, "seed": 3}
 
 
 @pytest.fixture(scope="session")
-def splits():
-    return ArraySplits()
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("xtune-data")
 
 
 @pytest.fixture(scope="session")
-def finished_search(tmp_path_factory, splits):
+def image_root(tmp_path_factory):
+    return write_stripes_folder(tmp_path_factory.mktemp("images") / "stripes")
+
+
+@pytest.fixture(scope="session")
+def splits(image_root, data_dir):
+    """The search's splits, as `tune search` and `tune export` load them."""
+    from xtune.data import load_splits, prepare_data
+
+    return load_splits(prepare_data(str(image_root), data_dir=data_dir), image_size=IMAGE_SIZE, batch_size=16, seed=3)
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory, image_root, data_dir):
     """A finished Hyperband search (10 trials, at most 4 epochs, space "small"). Do not modify it."""
     from xtune.search import run_search
 
     project = tmp_path_factory.mktemp("search") / "tiny"
-    outcome = run_search(project, dict(SETTINGS), space_ref="small", splits=splits, data_info=data_record(splits),
-                         tensorboard=False)
+    outcome = run_search(project, settings_for(image_root), space_ref="small", data_dir=data_dir, tensorboard=False)
     assert outcome.status == "finished" and outcome.completed >= 2
     return project
 
@@ -106,11 +84,19 @@ def search_copy(finished_search, tmp_path):
     return target
 
 
-@pytest.fixture
-def use_splits(monkeypatch, splits):
-    """Make `tune export` (the CLI) train on the session's splits instead of preparing data."""
-    from xtune.results import _export
+@pytest.fixture(scope="session")
+def exported_search(finished_search, data_dir, tmp_path_factory):
+    """A copy of the finished search with `tune export --preset seed`, then `tune export` (the CLI).
 
-    monkeypatch.setattr(_export, "_splits_for", lambda state, data_dir, given: (given or splits,
-                                                                                 state.run.get("data")))
-    return splits
+    Returns ``(project, output of the second command)``. Do not modify it.
+    """
+    from click.testing import CliRunner
+
+    from xtune.cli import tune
+
+    project = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(finished_search, project)
+    for args in (["--preset", "seed"], []):
+        result = CliRunner().invoke(tune, ["export", "--project", str(project), "--data-dir", str(data_dir), *args])
+        assert result.exit_code == 0, result.output
+    return project, result.output

@@ -13,7 +13,7 @@ from xtune.results import TOLERANCE, best_config, default_epochs, export_model, 
 from xtune.search import load_project
 from xtune.spaces import PRESETS
 
-from .conftest import IMAGE_SIZE, ArraySplits
+from .conftest import IMAGE_SIZE, stripes, write_stripes_folder
 
 FILES = {"model.keras", "saved_model", "model.tflite", "model_card.json", "README.md"}
 
@@ -22,20 +22,24 @@ def run(*args):
     return CliRunner().invoke(tune, list(map(str, args)))
 
 
+@pytest.fixture
+def export_cli(data_dir):
+    """`tune export --project P ARGS --data-dir D` (the search's data directory)."""
+    return lambda project, *args: run("export", "--project", project, *args, "--data-dir", data_dir)
+
+
 def one_line(result) -> str:
     text = result.output.strip()
     assert text.count("\n") == 0, text
     return text
 
 
-def test_export_retrains_tests_and_writes_formats_that_agree(search_copy, splits):
-    events = []
-    report = export_model(search_copy, splits=splits, progress=events.append)
+def test_export_retrains_tests_and_writes_formats_that_agree(exported_search, splits):
+    search_copy, output = exported_search
     out = search_copy / "export"
-    assert report.out == out and {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == FILES
     assert not [p for p in search_copy.iterdir() if ".tmp-" in p.name]
     card = json.loads((out / "model_card.json").read_text())
-    assert card == json.loads(json.dumps(report.card))
 
     # Rebuilt from the best trial's stored config, trained for its peak epoch.
     best = best_config(load_project(search_copy))
@@ -43,26 +47,31 @@ def test_export_retrains_tests_and_writes_formats_that_agree(search_copy, splits
     assert card["search"]["best_trial"] == best["trial_id"]
     assert card["training"]["retrained"] and card["training"]["epochs"] == best["best_epoch"]
     assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, best["best_epoch"] + 1))
-    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == list(range(1, best["best_epoch"] + 1))
+    for epoch in range(1, best["best_epoch"] + 1):  # progress, one line per epoch
+        assert f"epoch {epoch}/{best['best_epoch']}" in output
+    assert "Test: accuracy" in output and "confusion matrix" in output and "model.tflite" in output
     assert card["training"]["seed"] == 3 and card["training"]["batch_size"] == 16
     assert card["model"]["params"] == best["params"]  # augmentation layers hold no weights
 
     # The card says what it was trained and tested on.
     assert card["class_names"] == ["horizontal", "vertical"]
     assert card["model"]["input_shape"] == [IMAGE_SIZE, IMAGE_SIZE, 3]
-    assert card["data"]["splits"] == {"train": 64, "validation": 16, "test": 32}
-    assert card["data"]["trained_on"] == "train" and card["data"]["training_images"] == 64
+    sizes = dict(splits.sizes)
+    assert card["data"]["splits"] == sizes and card["data"]["source"] == str(load_project(search_copy).settings.data)
+    assert card["data"]["fingerprint"] == load_project(search_copy).run["data"]["fingerprint"]
+    assert card["data"]["trained_on"] == "train" and card["data"]["training_images"] == sizes["train"]
     test = card["test"]
-    assert test["images"] == 32 and 0 <= test["accuracy"] <= 1 and test["loss"] > 0
-    assert sum(map(sum, test["confusion_matrix"])) == 32
-    assert {name: r["images"] for name, r in test["per_class"].items()} == {"horizontal": 16, "vertical": 16}
+    assert test["images"] == sizes["test"] and 0 <= test["accuracy"] <= 1 and test["loss"] > 0
+    assert sum(map(sum, test["confusion_matrix"])) == sizes["test"]
+    counts = splits.prepared.counts["test"]
+    assert {name: r["images"] for name, r in test["per_class"].items()} == counts
     assert {"keras", "tensorflow", "keras-tuner", "python"} <= set(card["versions"])
     readme = (out / "README.md").read_text()
     assert "horizontal" in readme and "Confusion matrix" in readme and f"{test['accuracy']:.4f}" in readme
 
     # Every format was reloaded and agreed; check again from outside.
     formats = card["formats"]
-    assert formats["tolerance"] == TOLERANCE == 1e-4 and formats["images"] == 32
+    assert formats["tolerance"] == TOLERANCE == 1e-4 and formats["images"] == min(32, sizes["test"])
     for name in ("model.keras", "saved_model", "model.tflite"):
         assert formats[name]["max_abs_diff"] <= TOLERANCE
     import keras
@@ -80,13 +89,13 @@ def test_export_retrains_tests_and_writes_formats_that_agree(search_copy, splits
     assert np.max(np.abs(run_tflite(tflite_interpreter(out / "model.tflite"), x) - expected)) <= TOLERANCE
 
 
-def test_no_retrain_exports_the_best_trial_checkpoint(search_copy, splits):
+def test_no_retrain_exports_the_best_trial_checkpoint(search_copy, data_dir):
     import keras
 
     from xtune.results._rows import best_trial, trial_config
     from xtune.spaces import build_model, compile_model
 
-    report = export_model(search_copy, splits=splits, retrain=False)
+    report = export_model(search_copy, data_dir=data_dir, retrain=False)
     card = report.card
     state = load_project(search_copy)
     trial = best_trial(state)
@@ -104,69 +113,74 @@ def test_no_retrain_exports_the_best_trial_checkpoint(search_copy, splits):
     assert all(card["formats"][f]["max_abs_diff"] <= TOLERANCE for f in ("model.keras", "saved_model", "model.tflite"))
 
 
-def test_seed_preset_and_searched_model_side_by_side(search_copy, splits, use_splits):
-    searched = export_model(search_copy, splits=splits)
-    seed = export_model(search_copy, splits=splits, preset="seed")
-    assert seed.out == search_copy / "export-seed"
-    assert seed.card["name"] == "seed" and seed.card["model"]["config"] == PRESETS["seed"].to_dict()
-    assert seed.card["training"]["epochs"] == searched.card["training"]["epochs"]  # same settings
-    assert seed.card["data"] == searched.card["data"]
-    assert seed.card["comparison"]["searched"]["accuracy"] == searched.test["accuracy"]
-    assert all(seed.card["formats"][f]["max_abs_diff"] <= TOLERANCE for f in ("model.keras", "saved_model", "model.tflite"))
-    # The searched model's card, exported after the seed, shows the seed beside it (the CLI prints both).
-    result = run_export_cli(search_copy, "--overwrite")
-    assert result.exit_code == 0, result.output
-    card = json.loads((search_copy / "export" / "model_card.json").read_text())
-    assert card["comparison"]["seed"]["accuracy"] == seed.test["accuracy"]
-    assert "Side by side" in result.output and "seed" in result.output
-    assert "Side by side" in (search_copy / "export" / "README.md").read_text()
+def test_seed_preset_and_searched_model_side_by_side(exported_search):
+    project, output = exported_search
+    seed = json.loads((project / "export-seed" / "model_card.json").read_text())
+    searched = json.loads((project / "export" / "model_card.json").read_text())
+    assert seed["name"] == "seed" and seed["model"]["config"] == PRESETS["seed"].to_dict()
+    assert seed["model"]["params"] == 721_857  # the book's model (size-independent: global pooling)
+    assert seed["training"]["epochs"] == searched["training"]["epochs"]  # same data and settings
+    assert seed["training"]["seed"] == searched["training"]["seed"]
+    assert seed["data"] == searched["data"]
+    assert all(seed["formats"][f]["max_abs_diff"] <= TOLERANCE for f in ("model.keras", "saved_model", "model.tflite"))
+    # The searched model's card, exported after the seed's, shows it beside it; the CLI prints both.
+    assert searched["comparison"]["seed"]["accuracy"] == seed["test"]["accuracy"]
+    assert searched["comparison"]["seed"]["folder"] == str(project / "export-seed")
+    assert "Side by side" in (project / "export" / "README.md").read_text()
+    lines = output.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("Side by side")) + 1:]
+    assert table[1].split()[:3] == ["searched", "(this)", f"{searched['test']['accuracy']:.4g}"]
+    assert table[2].split()[:2] == ["seed", f"{seed['test']['accuracy']:.4g}"]
 
 
-def run_export_cli(project, *args):
-    return run("export", "--project", project, *args)
+def test_the_other_export_shows_up_in_a_later_card(exported_search, tmp_path):
+    """Whichever is exported second shows the first: here the seed after the searched one."""
+    import shutil
+
+    project, _ = exported_search
+    copy = tmp_path / "tiny"
+    shutil.copytree(project, copy)
+    from xtune.results._export import _comparison
+
+    card = json.loads((copy / "export-seed" / "model_card.json").read_text())
+    found = _comparison(copy, "seed", card)
+    assert found["searched"]["accuracy"] == json.loads((copy / "export" / "model_card.json").read_text())["test"]["accuracy"]
+    card["data"]["fingerprint"] = "another dataset"
+    assert _comparison(copy, "seed", card) == {}  # another test split: not comparable
 
 
-def test_train_plus_val_trains_longer_on_more_images(search_copy, splits):
-    report = export_model(search_copy, splits=splits, train_on="train+val", out=search_copy / "tv")
+def test_train_plus_val_trains_longer_on_more_images(search_copy, splits, data_dir):
+    report = export_model(search_copy, data_dir=data_dir, train_on="train+val", out=search_copy / "tv")
     best = best_config(load_project(search_copy))
     card = report.card
-    assert card["data"]["trained_on"] == "train+val" and card["data"]["training_images"] == 80
-    assert card["training"]["epochs"] == default_epochs(best["best_epoch"], 64, 80)
+    train, both = splits.sizes["train"], splits.sizes["train"] + splits.sizes["validation"]
+    assert card["data"]["trained_on"] == "train+val" and card["data"]["training_images"] == both
+    assert card["training"]["epochs"] == default_epochs(best["best_epoch"], train, both)
     assert default_epochs(4, 64, 80) == 5 and default_epochs(10, 100, 100) == 10 and default_epochs(1, 64, 80) == 1
     assert "val_accuracy" not in card["training"]["history"][0]  # nothing held out to validate on
 
 
-def test_explicit_epochs_and_the_cli_progress(search_copy, use_splits):
-    result = run_export_cli(search_copy, "--epochs", 2, "--out", search_copy / "two")
-    assert result.exit_code == 0, result.output
-    assert "epoch 1/2" in result.output and "epoch 2/2" in result.output
-    assert "Test: accuracy" in result.output and "confusion matrix" in result.output
-    assert "model.tflite" in result.output
-    card = json.loads((search_copy / "two" / "model_card.json").read_text())
-    assert card["training"]["epochs"] == 2 and len(card["training"]["history"]) == 2
-
-
-def test_an_existing_output_needs_overwrite(search_copy, use_splits):
+def test_an_existing_output_needs_overwrite(search_copy, export_cli):
     out = search_copy / "export"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    result = run_export_cli(search_copy)
+    result = export_cli(search_copy)
     assert result.exit_code == 1
     assert "exists; pass --overwrite" in one_line(result)
     assert (out / "mine.txt").read_text() == "keep"
 
 
-def test_no_such_project_is_one_line(tmp_path):
-    result = run_export_cli(tmp_path / "nope")
+def test_no_such_project_is_one_line(tmp_path, export_cli):
+    result = export_cli(tmp_path / "nope")
     assert result.exit_code == 1 and "no search at" in one_line(result)
 
 
-def test_a_search_with_no_completed_trial_is_one_line(search_copy):
+def test_a_search_with_no_completed_trial_is_one_line(search_copy, export_cli):
     for trial_file in search_copy.glob("trial_*/trial.json"):
         trial = json.loads(trial_file.read_text())
         trial["status"], trial["score"] = "FAILED", None
         trial_file.write_text(json.dumps(trial))
-    result = run_export_cli(search_copy)
+    result = export_cli(search_copy)
     assert result.exit_code == 1
     assert "has no completed trial yet" in one_line(result)
     assert not (search_copy / "export").exists()
@@ -177,34 +191,31 @@ def test_a_search_with_no_completed_trial_is_one_line(search_copy):
     (("--no-retrain", "--preset", "seed"), "a preset has none"),
     (("--preset", "nope"), "no preset named 'nope'"),
 ])
-def test_contradictory_options_are_usage_errors(finished_search, args, message):
-    result = run_export_cli(finished_search, *args)
+def test_contradictory_options_are_usage_errors(finished_search, args, message, export_cli):
+    result = export_cli(finished_search, *args)
     assert result.exit_code == 2 and message in result.output
 
 
-def test_a_format_that_disagrees_fails_and_leaves_nothing(search_copy, splits, monkeypatch):
+def test_a_format_that_disagrees_fails_and_keeps_the_previous_export(exported_search, data_dir, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+
     from xtune.results import _export
 
+    project = tmp_path / "tiny"
+    shutil.copytree(exported_search[0], project)
+    out = project / "export"
+    before = (out / "model_card.json").read_text()
     original = _export._predict_tflite
     monkeypatch.setattr(_export, "_predict_tflite", lambda folder, images: original(folder, images) + 1e-3)
     with pytest.raises(ProjectError, match=r"model.tflite predicts up to 0.001 away .* nothing was written"):
-        export_model(search_copy, splits=splits)
-    assert not (search_copy / "export").exists()
-    assert not [p for p in search_copy.iterdir() if p.name.startswith(".export")]
-
-    # --overwrite that fails keeps the previous export as it was.
-    monkeypatch.setattr(_export, "_predict_tflite", original)
-    good = export_model(search_copy, splits=splits)
-    before = (good.out / "model_card.json").read_text()
-    monkeypatch.setattr(_export, "_predict_tflite", lambda folder, images: original(folder, images)[:1])
-    with pytest.raises(ProjectError, match="gives outputs of shape"):
-        export_model(search_copy, splits=splits, overwrite=True)
-    assert (good.out / "model_card.json").read_text() == before
-    assert {p.name for p in good.out.iterdir()} == FILES
-    assert not [p for p in search_copy.iterdir() if p.name.startswith(".export")]
+        export_model(project, data_dir=data_dir, overwrite=True)
+    assert (out / "model_card.json").read_text() == before
+    assert {p.name for p in out.iterdir()} == FILES
+    assert not [p for p in project.iterdir() if p.name.startswith(".export")]
 
 
-def test_an_interrupted_export_leaves_no_folder(search_copy, splits, monkeypatch):
+def test_an_interrupted_export_leaves_no_folder(search_copy, data_dir, monkeypatch):
     from xtune.results import _export
 
     def interrupted(*args, **kwargs):
@@ -212,25 +223,47 @@ def test_an_interrupted_export_leaves_no_folder(search_copy, splits, monkeypatch
 
     monkeypatch.setattr(_export, "verify_formats", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_model(search_copy, splits=splits)
-    assert not (search_copy / "export").exists()
+        export_model(search_copy, data_dir=data_dir)
+    assert not (search_copy / "export").exists()  # a failed export leaves no model folder
     assert not [p for p in search_copy.iterdir() if p.name.startswith(".export")]
 
 
-def test_multiclass_preset_export_without_a_search_result(tmp_path):
+def test_multiclass_preset_export_without_a_search_result(tmp_path, data_dir):
     """A preset with --epochs needs no completed trial; three classes give a softmax."""
+    from xtune.data import prepare_data
     from xtune.search._project import SearchSettings, write_run
     from xtune.spaces import load_space
 
-    three = ArraySplits(train=48, validation=12, test=24, classes=("a", "b", "c"))
-    write_run(tmp_path, SearchSettings(data="generated", image_size=IMAGE_SIZE, batch_size=16, seed=5),
-              load_space("small").to_dict(), {"class_names": ["a", "b", "c"], "fingerprint": None})
-    report = export_model(tmp_path, splits=three, preset="plain", epochs=1)
+    folder = write_stripes_folder(tmp_path / "three", classes=("a", "b", "c"), per_class=16, seed=7)
+    prepared = prepare_data(str(folder), data_dir=data_dir)
+    project = tmp_path / "project"
+    write_run(project, SearchSettings(data=str(folder), image_size=IMAGE_SIZE, batch_size=16, seed=5),
+              load_space("small").to_dict(), prepared.to_dict())
+    report = export_model(project, data_dir=data_dir, preset="plain", epochs=1)
     card = report.card
     assert card["class_names"] == ["a", "b", "c"] and "softmax" in card["model"]["output"]
-    assert len(card["test"]["confusion_matrix"]) == 3 and card["test"]["images"] == 24
+    assert len(card["test"]["confusion_matrix"]) == 3 and card["test"]["images"] == prepared.sizes["test"]
     assert card["training"]["batch_norm_reestimation"] is None  # "plain" has no batch norm
+    assert card["data"]["fingerprint"] == prepared.fingerprint
     assert all(card["formats"][f]["max_abs_diff"] <= TOLERANCE for f in ("model.keras", "saved_model", "model.tflite"))
+
+
+def test_changed_data_is_refused(search_copy, image_root, tmp_path):
+    """The search's test split must be the one the export tests on."""
+    import shutil
+
+    from xtune.errors import DataError
+
+    changed = tmp_path / "changed"
+    shutil.copytree(image_root, changed)
+    run_json = search_copy / "run.json"
+    run = json.loads(run_json.read_text())
+    run["settings"]["data"] = str(changed)
+    run_json.write_text(json.dumps(run))
+    (changed / "vertical" / "0001.png").unlink()
+    with pytest.raises(DataError, match="changed since the search"):
+        export_model(search_copy, data_dir=tmp_path / "data")
+    assert not (search_copy / "export").exists()
 
 
 # -- batch norm ---------------------------------------------------------------------------
@@ -243,7 +276,7 @@ def test_reestimated_statistics_are_the_training_data_averages():
 
     config = PRESETS["small"].replace(zoom=0.0)
     model = build_model(config, (IMAGE_SIZE, IMAGE_SIZE, 3), 2, augmentation=False)
-    x, _ = ArraySplits().arrays("train")
+    x, _ = stripes(64, seed=5)
     batches = [(x[i:i + 16], None) for i in range(0, 64, 16)]
     assert reestimate_batch_norm(model, batches) == 4
     # The first batch norm sees the stem's output: its statistics are exact per-batch averages.
@@ -264,8 +297,6 @@ def test_reestimation_rescues_a_model_that_predicts_one_class():
     from xtune.results import classification_metrics
     from xtune.results._export import _inference_model
     from xtune.spaces import build_model, compile_model
-
-    from .conftest import stripes
 
     config = PRESETS["small"].replace(bn_momentum=0.99, zoom=0.0)
     x, y = stripes(96, seed=11)

@@ -2,19 +2,19 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from xtune.cli import tune
-from xtune.results import export_model, predict_images
+from xtune.results import predict_images
 
 
-@pytest.fixture(scope="module")
-def exported(finished_search, splits, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported") / "model"
-    return export_model(finished_search, splits=splits, out=out).out
+@pytest.fixture
+def exported(exported_search):
+    return exported_search[0] / "export"
 
 
 @pytest.fixture
@@ -101,3 +101,42 @@ def test_a_copied_export_folder_still_predicts(exported, images, tmp_path):
     copy = tmp_path / "moved"
     shutil.copytree(exported, copy)
     assert [r["class"] for r in predict_images(copy, paths)] == [r["class"] for r in predict_images(exported, paths)]
+
+
+def test_decoding_is_the_training_pipelines(tmp_path, data_dir):
+    """Odd files (RGBA, grayscale JPEG, 16-bit PNG, other sizes) decode as the prepared data does."""
+    from PIL import Image
+
+    from xtune.data import load_splits, prepare_data
+    from xtune.results._predict import load_image
+
+    rng = np.random.default_rng(0)
+    originals = {}
+    for name in ("a", "b"):
+        folder = tmp_path / "odd" / name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)
+            kind = i % 4
+            if kind == 0:
+                path = folder / f"{i}.png"
+                Image.fromarray(np.dstack([pixels, pixels[..., :1]]), "RGBA").save(path)
+            elif kind == 1:
+                path = folder / f"{i}.jpg"
+                Image.fromarray(pixels[..., 0], "L").save(path, quality=90)
+            elif kind == 2:
+                path = folder / f"{i}.png"
+                Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(path)
+            else:
+                path = folder / f"{i}.gif"
+                Image.fromarray(pixels).save(path)
+            originals[(name, i)] = path
+    prepared = prepare_data(str(tmp_path / "odd"), data_dir=data_dir, validation_fraction=0.25, test_fraction=0.25)
+    splits = load_splits(prepared, image_size=24, batch_size=4, seed=0)
+    for split in ("train", "validation", "test"):
+        x, y = splits.arrays(split)
+        files = sorted((Path(prepared.root) / split).glob("*/*"), key=lambda p: (p.parent.name, p.name))
+        assert len(files) == len(x)
+        for array, prepared_file in zip(x, files):
+            original = originals[(prepared_file.parent.name, int(prepared_file.name.split(".")[0]))]
+            np.testing.assert_array_equal(load_image(original, (24, 24)), array)

@@ -33,26 +33,35 @@ def read_card(model_dir: Path) -> dict:
 
 
 def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
-    """Decode an image as the training pipeline does: RGB, bilinear resize, float32 in [0, 255].
+    """Decode an image file exactly as a training image reaches the model.
+
+    The data preparation's check (``xtune.data._scan.check_image``: CMYK, RGBA,
+    16-bit, GIF, TIFF, WebP, ... become 8-bit RGB, transparency over white), then the
+    pipeline's decoding (``xtune.data._pipeline``: RGB, bilinear resize, rounded to
+    whole values): float32 in [0, 255], shape ``(height, width, 3)``.
 
     Raises:
-        ValueError: The file cannot be read or decoded (the message says why).
+        ValueError: The file cannot be read or is not a usable image (says why).
     """
     import tensorflow as tf
+
+    from xtune.data._scan import check_image
 
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
         raise ValueError(error.strerror or str(error)) from None
-    if not raw:
-        raise ValueError("empty file")
+    verdict = check_image(raw)
+    if verdict.action == "skip":
+        raise ValueError(verdict.reason)
+    payload = verdict.payload if verdict.action == "convert" else raw
     try:
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        image = tf.io.decode_image(payload, channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
         lines = [line for line in str(error.message).splitlines() if line.strip()]
-        raise ValueError(f"not a readable image ({lines[0] if lines else 'cannot decode'})") from None
+        raise ValueError(f"cannot decode ({lines[0] if lines else 'unknown error'})") from None
     image = tf.image.resize(image, image_size, method="bilinear")
-    return image.numpy().astype(np.float32)
+    return tf.clip_by_value(tf.round(image), 0.0, 255.0).numpy().astype(np.float32)
 
 
 def predict_images(model_dir: Path, paths: list[Path]) -> list[dict]:
