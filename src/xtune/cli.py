@@ -629,17 +629,19 @@ def _echo_best(best: dict, project) -> None:
 @click.option("--preset", metavar="NAME",
               help="Train this preset of the family instead of the searched best, with the same data and "
                    "settings: seed (the book's model), small or plain.")
+@click.option("--trial", "trial_id", metavar="ID", help="Export this completed trial instead of the best one.")
 @click.option("--overwrite", is_flag=True, help="Replace the export folder if it exists.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where prepared data is cached (as for tune search).")
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
               help="json prints the model card (progress goes to stderr).")
 @click.option("--quiet", is_flag=True, help="No progress, only the result.")
-def export(project, out, epochs, train_on, retrain, preset, overwrite, data_dir, fmt, quiet):
+def export(project, out, epochs, train_on, retrain, preset, trial_id, overwrite, data_dir, fmt, quiet):
     """Retrain the best architecture, test it, and export it (Keras, SavedModel, TFLite).
 
     Rebuilds the best trial's configuration from its stored hyperparameters and
-    retrains it from scratch with the search's seed, augmentation and batch size,
+    retrains it from scratch with the trial's seed, augmentation, batch size and
+    data order (a first-round trial repeats its search run exactly),
     re-estimates its batch-norm statistics over the training data, and evaluates it
     on the test split (accuracy, loss, per-class accuracy, confusion matrix). Writes
     model.keras, saved_model/ and model.tflite (without augmentation layers) and a
@@ -659,7 +661,8 @@ def export(project, out, epochs, train_on, retrain, preset, overwrite, data_dir,
     _quiet_tensorflow()
     printer = _ExportPrinter(verbose=not quiet, err=fmt == "json")
     report = export_model(_project_required(project), out=out, epochs=epochs, train_on=train_on, retrain=retrain,
-                          preset=preset, overwrite=overwrite, data_dir=data_dir, progress=printer)
+                          preset=preset, trial_id=trial_id, overwrite=overwrite, data_dir=data_dir,
+                          progress=printer)
     if fmt == "json":
         _echo_json(report.card)
         return

@@ -44,13 +44,15 @@ def test_export_retrains_tests_and_writes_formats_that_agree(exported_search, sp
     # Rebuilt from the best trial's stored config, trained for its peak epoch.
     best = best_config(load_project(search_copy))
     assert card["name"] == "searched" and card["model"]["config"] == best["config"]
-    assert card["search"]["best_trial"] == best["trial_id"]
+    assert card["search"]["best_trial"] == card["search"]["exported_trial"] == best["trial_id"]
     assert card["training"]["retrained"] and card["training"]["epochs"] == best["best_epoch"]
     assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, best["best_epoch"] + 1))
     for epoch in range(1, best["best_epoch"] + 1):  # progress, one line per epoch
         assert f"epoch {epoch}/{best['best_epoch']}" in output
     assert "Test: accuracy" in output and "confusion matrix" in output and "model.tflite" in output
-    assert card["training"]["seed"] == 3 and card["training"]["batch_size"] == 16
+    from xtune.search._tuner import trial_seed
+
+    assert card["training"]["seed"] == trial_seed(3, best["trial_id"]) and card["training"]["batch_size"] == 16
     assert card["model"]["params"] == best["params"]  # augmentation layers hold no weights
 
     # The card says what it was trained and tested on.
@@ -147,6 +149,25 @@ def test_the_other_export_shows_up_in_a_later_card(exported_search, tmp_path):
     assert found["searched"]["accuracy"] == json.loads((copy / "export" / "model_card.json").read_text())["test"]["accuracy"]
     card["data"]["fingerprint"] = "another dataset"
     assert _comparison(copy, "seed", card) == {}  # another test split: not comparable
+
+
+def test_retraining_a_first_round_trial_repeats_its_search_run(search_copy, data_dir):
+    """Same seed, reseeding, augmentation and data order as the tuner: the same epochs, to float precision."""
+    state = load_project(search_copy)
+    trial = max((t for t in state.trials if t.status == "COMPLETED" and t.initial_epoch == 0),
+                key=lambda t: (t.record["best_epoch"], -t.record["params"]))
+    report = export_model(search_copy, data_dir=data_dir, trial_id=str(int(trial.trial_id)), out=search_copy / "t")
+    card = report.card
+    assert card["model"]["trial_id"] == trial.trial_id and card["search"]["exported_trial"] == trial.trial_id
+    searched = trial.record["history"][: trial.record["best_epoch"]]
+    assert len(card["training"]["history"]) == len(searched)
+    for mine, theirs in zip(card["training"]["history"], searched):
+        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)
+
+
+def test_trial_that_does_not_exist_is_one_line(finished_search, export_cli):
+    result = export_cli(finished_search, "--trial", "77")
+    assert result.exit_code == 1 and "has no trial '77'" in one_line(result)
 
 
 def test_train_plus_val_trains_longer_on_more_images(search_copy, splits, data_dir):

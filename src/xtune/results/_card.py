@@ -82,9 +82,12 @@ def render_card_markdown(card: dict) -> str:
             f"{_num(bn['test_before']['accuracy'])} before, {_num(bn['test_after']['accuracy'])} after")
     search = card.get("search") or {}
     if search.get("best_trial") is not None:
-        lines.append(f"- Search: {search['project']}, best trial {search['best_trial']} "
-                     f"({search['objective']} {_num(search['best_score'])} at epoch {search['best_epoch']}), "
-                     f"{search['trials_completed']} trials completed")
+        lines.append(f"- Search: {search['project']}, {search['trials_completed']} trials completed, best trial "
+                     f"{search['best_trial']} ({search['objective']} {_num(search['best_score'])})")
+    if search.get("exported_trial") is not None and card["name"] == "searched":
+        lines.append(f"- Exported trial {search['exported_trial']}: {search['objective']} "
+                     f"{_num(search['exported_trial_score'])} at epoch {search['exported_trial_best_epoch']} "
+                     "in the search")
     if training["history"]:
         keys = [k for k in training["history"][0] if k != "epoch"]
         lines += ["", "### Training history", "", "| epoch | " + " | ".join(keys) + " |",

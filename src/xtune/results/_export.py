@@ -98,6 +98,7 @@ def export_model(
     train_on: str = "train",
     retrain: bool = True,
     preset: str | None = None,
+    trial_id: str | None = None,
     overwrite: bool = False,
     data_dir: Path | None = None,
     progress=None,
@@ -106,7 +107,9 @@ def export_model(
     """Retrain the best configuration of a search (or a preset), test it and export it.
 
     The model is rebuilt from its stored hyperparameters and trained from scratch
-    with the search's seed, batch size, augmentation and data order. Its batch-norm
+    with the trial's seed (``trial_seed``, reseeded each epoch as in the search),
+    batch size, augmentation and data order: a first-round trial retrained on
+    "train" repeats its search run exactly. Its batch-norm
     statistics are then re-estimated over the training data (see
     ``reestimate_batch_norm``; the card keeps the test metrics before and after), it
     is evaluated on the test split, written as
@@ -123,6 +126,7 @@ def export_model(
         retrain: False exports the best trial's own checkpoint (its best epoch).
         preset: Train this ``PRESETS`` configuration (e.g. "seed", the book's model)
             instead of the searched best, with the same data and settings.
+        trial_id: Export this completed trial instead of the best one.
         overwrite: Replace ``out`` if it exists.
         data_dir: Where prepared data is cached (as for ``tune search``).
         progress: Called with event dicts: ``export_start``, ``phase``,
@@ -159,7 +163,11 @@ def export_model(
     if out.exists() and not overwrite:
         raise ProjectError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     trial = None
-    if preset is None or epochs is None:
+    if trial_id is not None:
+        if preset is not None:
+            raise UsageError("--trial picks the configuration to export; a preset is another one (drop one of them)")
+        trial = _completed_trial(state, trial_id)
+    elif preset is None or epochs is None:
         trial = best_trial(state)  # ProjectError when no trial has completed
     config = PRESETS[preset] if preset is not None else trial_config(state, trial)
 
@@ -180,6 +188,7 @@ def export_model(
 
     from xtune._runtime import configure_devices
     from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
+    from xtune.search._tuner import trial_seed
     from xtune.spaces import build_model, compile_model
 
     configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
@@ -190,8 +199,11 @@ def export_model(
           "sizes": sizes})
 
     # Train (or load the trial's best epoch).
-    keras.utils.set_random_seed(settings.seed)
+    # The trial's own seed (as the tuner set it): a first-round trial retrained on
+    # "train" repeats its search run exactly. A preset shares it, for a fair comparison.
+    seed = trial_seed(settings.seed, trial.trial_id) if trial is not None else settings.seed
     keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
     model = compile_model(build_model(config, input_shape, len(names)), config)
     started = time.monotonic()
     if retrain:
@@ -199,7 +211,7 @@ def export_model(
         emit({"event": "phase", "phase": "train",
               "message": f"training {epochs} epoch(s) on {train_on} ({trained_size} images, {steps} steps/epoch)"})
         history = _fit(model, train_data, steps, epochs, None if train_on == "train+val" else splits.validation,
-                       emit)
+                       seed, emit)
     else:
         checkpoint = project / f"trial_{trial.trial_id}" / "checkpoint.weights.h5"
         if not checkpoint.is_file():
@@ -221,7 +233,7 @@ def export_model(
         count = reestimation_steps(steps)
         emit({"event": "phase", "phase": "batch_norm",
               "message": f"re-estimating batch-norm statistics over {count} training batches"})
-        keras.utils.set_random_seed(settings.seed)
+        keras.utils.set_random_seed(seed)
         used = reestimate_batch_norm(model, iter(train_data), steps=count)
         bn = {"batches": used, "augmentation": config.augmentation,
               "test_before": {k: before[k] for k in ("accuracy", "loss")}}
@@ -239,6 +251,7 @@ def export_model(
         "model": {
             "source": (f"preset {preset!r} (xtune.spaces.PRESETS)" if preset is not None
                        else f"trial {trial.trial_id} of the search in {project}"),
+            "trial_id": trial.trial_id if preset is None else None,
             "config": config.to_dict(),
             "widths": list(config.widths),
             "params": int(inference.count_params()),
@@ -261,7 +274,7 @@ def export_model(
             "epochs": epochs if retrain else best_epoch,
             "epochs_rule": _epochs_rule(retrain, epochs, best_epoch, train_on, trial),
             "batch_size": settings.batch_size,
-            "seed": settings.seed,
+            "seed": seed,
             "augmentation": {"flip": config.flip, "rotation": config.rotation, "zoom": config.zoom},
             "optimizer": config.optimizer,
             "learning_rate": config.learning_rate,
@@ -297,6 +310,17 @@ def export_model(
     report = ExportReport(out, card)
     emit({"event": "export_end", "out": str(out), "test": test, "comparison": card["comparison"]})
     return report
+
+
+def _completed_trial(state, trial_id: str):
+    wanted = str(trial_id).zfill(4) if str(trial_id).isdigit() else str(trial_id)
+    for trial in completed_trials(state):
+        if trial.trial_id == wanted:
+            return trial
+    known = {t.trial_id: t.status for t in state.trials}
+    if wanted in known:
+        raise ProjectError(f"trial {wanted} of {state.path} is {known[wanted]}, not completed; it has no result to export")
+    raise ProjectError(f"{state.path} has no trial {trial_id!r} (see: tune results --project {state.path})")
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -352,8 +376,10 @@ def train_and_validation(splits, batch_size: int, seed: int):
 # -- training and evaluation -----------------------------------------------------------------
 
 
-def _fit(model, train_data, steps: int, epochs: int, validation, emit) -> list[dict]:
+def _fit(model, train_data, steps: int, epochs: int, validation, seed: int, emit) -> list[dict]:
     import keras
+
+    from xtune.search._callbacks import ReseedEachEpoch
 
     class Events(keras.callbacks.Callback):
         def __init__(self):
@@ -372,7 +398,7 @@ def _fit(model, train_data, steps: int, epochs: int, validation, emit) -> list[d
 
     events = Events()
     model.fit(train_data, steps_per_epoch=steps, epochs=epochs, validation_data=validation,
-              callbacks=[events], verbose=0, shuffle=False)
+              callbacks=[ReseedEachEpoch(seed), events], verbose=0, shuffle=False)
     return events.history
 
 
@@ -542,12 +568,13 @@ def _epochs_rule(retrain, epochs, best_epoch, train_on, trial) -> str:
     if trial is None:
         return "--epochs"
     if train_on == "train":
-        return f"the best trial's peak epoch ({best_epoch})"
-    return f"the best trial's peak epoch ({best_epoch}) x (train+val images / train images)"
+        return f"the peak epoch of trial {trial.trial_id} ({best_epoch})"
+    return f"the peak epoch of trial {trial.trial_id} ({best_epoch}) x (train+val images / train images)"
 
 
 def _search_summary(state, trial) -> dict:
     completed = completed_trials(state)
+    best = completed[0] if completed else None
     return {
         "project": str(state.path),
         "objective": state.settings.objective,
@@ -556,9 +583,11 @@ def _search_summary(state, trial) -> dict:
         "trials_completed": len(completed),
         "trials_failed": sum(1 for t in state.trials if t.status == "FAILED"),
         "finished": state.finished is not None,
-        "best_trial": trial.trial_id if trial else None,
-        "best_score": float(trial.score) if trial and trial.score is not None else None,
-        "best_epoch": trial.record.get("best_epoch") if trial else None,
+        "best_trial": best.trial_id if best else None,
+        "best_score": float(best.score) if best else None,
+        "exported_trial": trial.trial_id if trial else None,
+        "exported_trial_score": float(trial.score) if trial and trial.score is not None else None,
+        "exported_trial_best_epoch": trial.record.get("best_epoch") if trial else None,
     }
 
 
