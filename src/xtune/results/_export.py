@@ -170,6 +170,9 @@ def export_model(
     elif preset is None or epochs is None:
         trial = best_trial(state)  # ProjectError when no trial has completed
     config = PRESETS[preset] if preset is not None else trial_config(state, trial)
+    checkpoint = project / f"trial_{trial.trial_id}" / "checkpoint.weights.h5" if trial is not None else None
+    if not retrain and not checkpoint.is_file():
+        raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
 
     emit({"event": "phase", "phase": "data", "message": f"loading the data of {settings.data}"})
     splits, data_info = _splits_for(state, data_dir, splits)
@@ -213,9 +216,6 @@ def export_model(
         history = _fit(model, train_data, steps, epochs, None if train_on == "train+val" else splits.validation,
                        seed, emit)
     else:
-        checkpoint = project / f"trial_{trial.trial_id}" / "checkpoint.weights.h5"
-        if not checkpoint.is_file():
-            raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
         emit({"event": "phase", "phase": "load", "message": f"loading the best epoch of trial {trial.trial_id}"})
         model.optimizer.build(model.trainable_variables)  # else Keras skips the optimizer state
         with warnings.catch_warnings():
