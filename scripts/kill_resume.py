@@ -84,11 +84,11 @@ def trials_on_disk(project: Path) -> dict:
 
 
 def _phase_now(project: Path, saw_epoch_end: bool) -> str:
-    if list(project.rglob("*.tmp-*")):
-        return "during a state write"
     ended = [t for t in project.glob("trial_*/xtune.json") if '"status"' in t.read_text()]
     if not ended:
         return "first trial"
+    if list(project.rglob("*.tmp-*")):
+        return "during a state write"
     return "inside an epoch" if saw_epoch_end else "between trials"
 
 

@@ -176,6 +176,9 @@ def data_info(source, data_dir, validation_fraction, test_fraction, split_seed, 
     _echo_data_info(info, fmt)
 
 
+_MAX_CONVERTED_LISTED = 30
+
+
 def _echo_data_info(info: dict, fmt: str) -> None:
     if fmt == "json":
         _echo_json(info)
@@ -202,7 +205,14 @@ def _echo_data_info(info: dict, fmt: str) -> None:
     converted = info["converted"]
     if converted:
         click.echo(f"Converted to RGB: {len(converted)} file{'' if len(converted) == 1 else 's'}:")
-        _echo_table([{"file": c["path"], "original": c["original"], "how": c["action"]} for c in converted])
+        if len(converted) <= _MAX_CONVERTED_LISTED:
+            _echo_table([{"file": c["path"], "original": c["original"], "how": c["action"]} for c in converted])
+        else:  # a whole grayscale dataset would drown the rest
+            kinds: dict[tuple[str, str], int] = {}
+            for c in converted:
+                kinds[(c["original"], c["action"])] = kinds.get((c["original"], c["action"]), 0) + 1
+            _echo_table([{"original": o, "how": a, "files": n} for (o, a), n in sorted(kinds.items())])
+            click.echo("(--format json lists every file)")
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}")
 
@@ -287,7 +297,7 @@ def _given(ctx, names):
 
 
 _SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "factor", "objective", "seed",
-             "max_consecutive_failures")
+             "max_consecutive_failures", "validation_fraction", "test_fraction", "split_seed", "kaggle_split")
 
 
 @tune.command()
@@ -309,14 +319,15 @@ _SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "fa
               help="Stop after this many failed trials in a row.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="auto: on for GPUs that support it; CPU training stays float32.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where prepared data is cached (default: the user's cache directory).")
+@_data_options
+@click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="kaggle:dogs-vs-cats only: an already downloaded dogs-vs-cats.zip or train.zip (offline).")
 @click.option("--overwrite", is_flag=True, help="Delete the search in --project and start over.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the Hyperband plan and train nothing.")
 @click.option("--quiet", "verbosity", flag_value=0, help="Only the final summary.")
 @click.option("--verbose", "verbosity", flag_value=2, help="Also one line per epoch.")
 @click.pass_context
-def search(ctx, data, project, space_ref, mixed_precision, data_dir, overwrite, plan_only, verbosity, **_):
+def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, overwrite, plan_only, verbosity, **_):
     """Run a Hyperband search over the mini-Xception family; resume it if it exists.
 
     A new search needs --data. Running the same command (or just --project) again
@@ -353,7 +364,7 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, overwrite, 
     from xtune.search import run_search
 
     _quiet_tensorflow()
-    outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, overwrite=overwrite,
+    outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, archive=archive, overwrite=overwrite,
                          progress=_SearchPrinter(verbosity), mixed_precision=mixed_precision)
     _echo_outcome(outcome)
     if outcome.status == "interrupted":
@@ -431,6 +442,8 @@ class _SearchPrinter:
             logs = e["logs"]
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             click.echo(f"    trial {e['trial_id']} epoch {e['epoch']}/{e['epochs']}  {metrics}  ({e['seconds']:.1f}s)")
+        elif kind == "trial_retry" and self.verbosity:
+            click.echo(f"trial {e['trial_id']} failed ({e.get('reason')}); it will run once more")
         elif kind == "trial_end" and self.verbosity:
             start = self.starts.get(e["trial_id"], {})
             width = len(str(e["total"]))

@@ -57,3 +57,19 @@ def test_too_small_a_budget_is_a_clear_error():
 def test_more_budget_never_means_fewer_trials():
     totals = [hyperband_plan(n, 27, 3).total_trials for n in range(5, 300)]
     assert totals == sorted(totals)
+
+
+def test_command_line_defaults_are_the_settings_defaults():
+    import dataclasses
+
+    from xtune.cli import search
+    from xtune.search import SearchSettings
+
+    defaults = {p.name: p.default for p in search.params}
+    for field in dataclasses.fields(SearchSettings):
+        if field.name == "data":
+            continue
+        value = defaults[field.name]
+        if field.name == "kaggle_split":
+            value = tuple(int(v) for v in value.split(","))
+        assert value == field.default, field.name

@@ -232,3 +232,51 @@ def test_board_serves_tensorboard(finished):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_transient_failure_runs_once_more(image_folder, data_dir, tmp_path, monkeypatch):
+    from xtune.search import run_search
+    from xtune.spaces import _hypermodel
+
+    real, calls = _hypermodel.build_model, []
+
+    def once(config, *args, **kwargs):
+        calls.append(config)
+        if len(calls) == 2:
+            raise RuntimeError("could not create a primitive descriptor")  # a runtime hiccup
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(_hypermodel, "build_model", once)
+    events = []
+    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 2, "max_epochs": 2, "seed": 3}
+    outcome = run_search(tmp_path / "hiccup", given, space_ref="small", data_dir=data_dir, progress=events.append,
+                         tensorboard=False)
+    assert outcome.status == "finished" and outcome.failed == 0 and outcome.completed == 2
+    retries = [e for e in events if e["event"] == "trial_retry"]
+    assert [e["trial_id"] for e in retries] == ["0001"]
+    assert "could not create a primitive descriptor" in retries[0]["reason"]
+    assert calls[1] == calls[2]  # the same trial, run again
+
+
+def test_a_full_disk_stops_cleanly_and_the_search_resumes(image_folder, data_dir, tmp_path, monkeypatch):
+    from xtune.errors import ProjectError
+    from xtune.search import run_search
+
+    project = tmp_path / "full"
+    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 2, "max_epochs": 3, "seed": 3}
+    # The disk fills up while the first trial backs up its second epoch.
+    monkeypatch.setenv("XTUNE_FAULT_ENOSPC", "epoch-0002.npz")
+    with pytest.raises(ProjectError) as info:
+        run_search(project, given, space_ref="small", data_dir=data_dir, tensorboard=False)
+    message = str(info.value)
+    assert "disk full while running trial 0000" in message and "run the same command to resume" in message
+    assert "\n" not in message
+    state = load_project(project)  # everything on disk still loads
+    assert not state.problems and state.trials[0].status == "RUNNING"
+    assert state.trials[0].backup["epochs_done"] == 1
+    assert not list(project.rglob("*.tmp-*"))
+
+    monkeypatch.delenv("XTUNE_FAULT_ENOSPC")  # space is free again
+    outcome = run_search(project, {}, data_dir=data_dir, tensorboard=False)
+    assert outcome.status == "finished" and outcome.completed == 2
+    assert load_project(project).trials[0].record["resumed_at_epochs"] == [1]

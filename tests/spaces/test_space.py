@@ -148,3 +148,14 @@ def test_narrow_space_from_dict():
     space = narrow_space({"optimizer": "adam"})
     assert space["optimizer"].all_values() == ("adam",)
     assert space.default_config().optimizer == "adam"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_in_the_family(preset):
+    config = PRESETS[preset]
+    for spec in DEFAULT_SPACE.specs:
+        assert getattr(config, spec.name) in spec.all_values(), spec.name
+
+
+def test_the_small_space_starts_from_the_small_preset():
+    assert load_space("small").default_config() == PRESETS["small"]

@@ -21,7 +21,7 @@ ARCHIVE_NAME = "dogs-vs-cats.zip"
 RULES_URL = "https://www.kaggle.com/c/dogs-vs-cats/rules"
 DATA_URL = "https://www.kaggle.com/c/dogs-vs-cats/data"
 TOKEN_HELP = ("create an API token at https://www.kaggle.com/settings (API, Create New Token) and save it as "
-              "~/.kaggle/kaggle.json, or set KAGGLE_USERNAME and KAGGLE_KEY")
+              "~/.kaggle/kaggle.json, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
 OFFLINE_HELP = f"or download {ARCHIVE_NAME} from {DATA_URL} and pass it with --archive PATH"
 
 

@@ -288,19 +288,30 @@ def load_prepared(
     return PreparedData.from_dict(marker, root=final)
 
 
-def describe_data(source: str, *, data_dir: Path | None = None, **settings) -> dict:
+def describe_data(
+    source: str,
+    *,
+    data_dir: Path | None = None,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 1337,
+    kaggle_split: tuple[int, int, int] = BOOK_SPLIT,
+) -> dict:
     """What ``tune data info`` shows: the prepared copy, or a read-only scan of a folder.
 
     A folder that is not prepared yet (or changed since) is scanned without writing
     anything, so its bad files and split sizes show before preparing. ``demo`` and
-    ``kaggle:dogs-vs-cats`` must be prepared first.
+    ``kaggle:dogs-vs-cats`` must be prepared first. Arguments as for ``prepare_data``.
 
     Returns:
-        ``PreparedData.to_dict()`` plus ``status``: "prepared", "not prepared" or "changed".
+        ``PreparedData.to_dict()`` plus ``status``: "prepared", "not prepared" or "changed"
+        (the last two: a scan, with ``root`` and ``prepared_at`` None).
     """
     src = _parse_source(source)
+    options = dict(validation_fraction=validation_fraction, test_fraction=test_fraction, split_seed=split_seed,
+                   kaggle_split=kaggle_split)
     try:
-        prepared = load_prepared(source, data_dir=data_dir, **settings)
+        prepared = load_prepared(source, data_dir=data_dir, **options)
     except DataError:
         if src.kind != "folder":
             raise
@@ -310,13 +321,10 @@ def describe_data(source: str, *, data_dir: Path | None = None, **settings) -> d
         if src.kind != "folder" or marker.get("listing") == listing_signature(src.path):
             return {"status": "prepared", **prepared.to_dict()}
         status = "changed"
-    _check_settings(settings.get("validation_fraction", 0.15), settings.get("test_fraction", 0.15),
-                    settings.get("kaggle_split", BOOK_SPLIT))
-    opts = _settings(src, settings.get("validation_fraction", 0.15), settings.get("test_fraction", 0.15),
-                     settings.get("split_seed", 1337), BOOK_SPLIT)
-    record = _build_folder(src.path, opts, None)
-    record.update(source=src.text, settings=opts)
-    return {"status": status, **PreparedData.from_dict(record, root=None).to_dict(), "root": None}
+    record = _build_folder(src.path, _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split),
+                           None)
+    record["source"] = src.text
+    return {"status": status, **PreparedData.from_dict(record, root=None).to_dict()}
 
 
 def _quote(text) -> str:
@@ -363,16 +371,23 @@ def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, pro
     if src.kind == "kaggle":
         from xtune.data._archive import kaggle_entries
 
-        if archive is None:
+        downloaded = archive is None
+        if downloaded:
             from xtune.data._kaggle import download_competition
 
             archive = download_competition(root_dir / "downloads", progress)
         if progress:
             progress(f"unpacking {archive}")
-        with kaggle_entries(archive, tmp / ".work", tuple(settings["split_sizes"])) as entries:
-            if progress:
-                progress(f"checking {len(entries)} images")
-            scanned = scan_entries(entries, staging=tmp / ".staging")
+        try:
+            with kaggle_entries(archive, tmp / ".work", tuple(settings["split_sizes"])) as entries:
+                if progress:
+                    progress(f"checking {len(entries)} images")
+                scanned = scan_entries(entries, staging=tmp / ".staging")
+        except DataError as error:
+            if not downloaded:
+                raise
+            _store.remove(archive)  # a damaged download must not be reused
+            raise DataError(f"{error} (the download was removed: run the same command to download it again)") from None
         _store.remove(tmp / ".work")
         record = _assemble(scanned, "kaggle", {}, [], [], settings, tmp)
         record["archive"] = str(archive)

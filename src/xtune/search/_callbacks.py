@@ -11,7 +11,6 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras_tuner.src import errors as kt_errors
-from keras_tuner.src.engine import tuner_utils
 
 from xtune import _atomic
 
@@ -35,73 +34,97 @@ def save_weights_atomic(model, path: Path) -> None:
         model.save_weights(tmp)
 
 
-class AtomicSaveBestEpoch(tuner_utils.SaveBestEpoch):
-    """KerasTuner's best-epoch checkpoint, written atomically, resumable mid-trial.
+def snapshot(model) -> list:
+    """Every variable of the model and its optimizer, as numpy arrays (a consistent copy)."""
+    return [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
+
+
+def restore_snapshot(model, arrays: list) -> None:
+    """Put a ``snapshot`` back (the optimizer is built first if it is not)."""
+    model.optimizer.build(model.trainable_variables)
+    variables = list(model.variables) + list(model.optimizer.variables)
+    if len(variables) != len(arrays) or any(tuple(v.shape) != a.shape for v, a in zip(variables, arrays)):
+        raise ValueError("the backup does not match this model")
+    for variable, value in zip(variables, arrays):
+        variable.assign(value)
+
+
+class EpochState(keras.callbacks.Callback):
+    """Per epoch: the history, the best epoch so far, and (optionally) a backup.
+
+    Each epoch end takes one numpy snapshot of the weights and optimizer state (cheap;
+    a Keras ``.weights.h5`` save costs ~75 ms even for a tiny model). The best
+    epoch's snapshot is kept in memory; the trial's KerasTuner checkpoint is written
+    from it once, when the trial ends (``best_arrays``).
+
+    With ``folder``, every epoch also writes ``epoch-NNNN.npz`` (the current and, if
+    different, the best snapshot) and then ``state.json`` naming it, both atomically:
+    a kill between the two leaves the previous consistent pair. Older files are
+    removed.
 
     Args:
         objective: The tuner's objective.
-        filepath: The checkpoint (``.weights.h5``).
-        best_value: The best objective value of the epochs already trained (resume).
+        folder: The trial's backup folder, or None for no backups.
+        resume: A ``load_backup`` result to continue from, or None.
     """
 
-    def __init__(self, objective, filepath, best_value=None):
-        super().__init__(objective=objective, filepath=filepath)
-        if best_value is not None:
-            self.best_value = best_value
-
-    def _save_model(self):
-        save_weights_atomic(self.model, Path(self.filepath))
-
-
-class EpochBackup(keras.callbacks.Callback):
-    """After every epoch, save what resuming this trial needs, atomically.
-
-    ``epoch-NNNN.weights.h5`` holds the weights and the optimizer state after epoch
-    NNNN; ``state.json`` (written after it) names it and holds the epoch counter, the
-    per-epoch history and the best objective value so far. A kill between the two
-    writes leaves the previous, consistent pair. Older weight files are removed.
-
-    Args:
-        folder: The trial's backup folder.
-        history_before: Epoch records of the runs before this one (resume).
-        best_tracker: The ``AtomicSaveBestEpoch`` whose best value is saved with it.
-    """
-
-    def __init__(self, folder: Path, history_before: list[dict], best_tracker: AtomicSaveBestEpoch):
+    def __init__(self, objective, folder: Path | None, resume: dict | None = None):
         super().__init__()
-        self.folder = Path(folder)
-        self.history = list(history_before)
-        self.best_tracker = best_tracker
+        self.objective = objective
+        self.folder = Path(folder) if folder is not None else None
+        resume = resume or {}
+        self.history = list(resume.get("history", []))
+        self.best_value = resume.get("best_value")
+        self.best_epoch = resume.get("best_epoch")
+        self.best_arrays = resume.get("best_arrays")
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        self.history.append(record)
-        weights = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
-        save_weights_atomic(self.model, weights)
-        best = self.best_tracker.best_value
-        _atomic.write_json(
-            self.folder / "state.json",
-            {"epochs_done": epoch + 1, "weights": weights.name, "history": self.history,
-             "best_value": best if math.isfinite(best) else None},
-        )
-        for old in self.folder.glob("epoch-*.weights.h5"):
-            if old != weights:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.history.append({"epoch": epoch + 1, **logs})
+        current = snapshot(self.model)
+        value = self.objective.get_value(logs) if self.objective.has_value(logs) else None
+        improved = value is not None and math.isfinite(value) and (
+            self.best_value is None or self.objective.better_than(value, self.best_value))
+        if improved or self.best_arrays is None:
+            self.best_arrays, self.best_epoch = current, epoch + 1
+            if improved:
+                self.best_value = value
+        if self.folder is not None:
+            self._write(epoch + 1, current)
+
+    def _write(self, epochs_done: int, current: list) -> None:
+        import io
+
+        arrays = {f"c{i}": a for i, a in enumerate(current)}
+        if self.best_arrays is not current:
+            arrays.update({f"b{i}": a for i, a in enumerate(self.best_arrays)})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        name = f"epoch-{epochs_done:04d}.npz"
+        _atomic.write_bytes(self.folder / name, buffer.getvalue())
+        _atomic.write_json(self.folder / "state.json", {
+            "epochs_done": epochs_done, "file": name, "history": self.history,
+            "best_value": self.best_value, "best_epoch": self.best_epoch,
+        })
+        for old in self.folder.glob("epoch-*.npz"):
+            if old.name != name:
                 old.unlink(missing_ok=True)
 
 
 def load_backup(folder: Path) -> dict | None:
-    """The backup of an interrupted trial (``state.json`` + its weights), or None."""
+    """The backup of an interrupted trial, or None (a damaged one only costs its epochs)."""
     state_file = Path(folder) / "state.json"
     if not state_file.exists():
         return None
     try:
         state = _atomic.read_json(state_file)
-    except ValueError:
-        return None  # a damaged backup only costs the epochs it held
-    weights = Path(folder) / state.get("weights", "")
-    if not weights.is_file():
+        with np.load(Path(folder) / state["file"]) as data:
+            n = sum(1 for k in data.files if k.startswith("c"))
+            state["arrays"] = [data[f"c{i}"] for i in range(n)]
+            has_best = f"b0" in data.files
+            state["best_arrays"] = [data[f"b{i}"] for i in range(n)] if has_best else state["arrays"]
+    except (ValueError, KeyError, OSError):
         return None
-    state["weights_path"] = weights
     return state
 
 

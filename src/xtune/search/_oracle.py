@@ -47,7 +47,7 @@ class PlannedHyperbandOracle(HyperbandOracle):
             hyperband_iterations=plan.iterations,
             seed=seed,
             hyperparameters=hyperparameters,
-            max_retries_per_trial=0,
+            max_retries_per_trial=1,  # a trial that failed for a maybe-transient reason
             # Consecutive failures are counted by the tuner, which stops cleanly.
             max_consecutive_failed_trials=None,
         )

@@ -49,6 +49,10 @@ class SearchSettings:
         objective: The metric to maximize (``val_accuracy``) or minimize (``val_loss``).
         seed: Seeds hyperparameter draws, weights, random layers and data order.
         max_consecutive_failures: Stop after this many failed trials in a row.
+        validation_fraction, test_fraction, split_seed: How a folder of class
+            sub-folders is split (see ``xtune.data.prepare_data``).
+        kaggle_split: Images per class for train, validation, test of
+            kaggle:dogs-vs-cats (the book's 1000, 500, 1000).
     """
 
     data: str
@@ -60,6 +64,18 @@ class SearchSettings:
     objective: str = "val_accuracy"
     seed: int = 1337
     max_consecutive_failures: int = 10
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 1337
+    kaggle_split: tuple[int, int, int] = (1000, 500, 1000)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kaggle_split", tuple(self.kaggle_split))
+
+    def data_options(self) -> dict:
+        """The keyword arguments of ``prepare_data`` that name the prepared copy."""
+        return {"validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction,
+                "split_seed": self.split_seed, "kaggle_split": self.kaggle_split}
 
     def plan(self) -> HyperbandPlan:
         return hyperband_plan(self.max_trials, self.max_epochs, self.factor)

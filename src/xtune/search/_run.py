@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import threading
@@ -27,6 +28,11 @@ from xtune.search._project import (
 )
 
 _FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
+_FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 @dataclass
@@ -92,7 +98,7 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
             name, value, old = conflicts[0]
             flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UsageError(
-                f"{flag} {value} conflicts with this search's {old} ({project / RUN_FILE}); "
+                f"{flag} {_show(value)} conflicts with this search's {_show(old)} ({project / RUN_FILE}); "
                 "drop the flag to resume, or pass --overwrite to start over"
             )
         return stored, space, run
@@ -172,6 +178,7 @@ class _Progress:
                     self.best = score
         if "trial_id" in event:
             event["index"] = int(event["trial_id"]) + 1
+        event["time"] = time.monotonic()
         event["total"] = self.plan.total_trials
         event["best"] = self.best
         elapsed = time.monotonic() - self.start
@@ -212,6 +219,9 @@ def make_tuner(project: Path, settings: SearchSettings, space, splits, *, resume
     from xtune.spaces import MiniXceptionHyperModel
 
     install_keras_tuner_atomic_writes()
+    from keras_tuner.src import config as kt_config
+
+    kt_config.DEBUG = bool(os.environ.get("XTUNE_DEBUG"))  # else every failed trial prints a traceback
     direction = "min" if settings.objective.endswith("loss") else "max"
     oracle = PlannedHyperbandOracle(
         keras_tuner.Objective(settings.objective, direction), settings.plan(), seed=settings.seed
@@ -231,6 +241,7 @@ def run_search(
     *,
     space_ref=None,
     data_dir: Path | None = None,
+    archive: Path | None = None,
     overwrite: bool = False,
     progress=None,
     mixed_precision: str = "auto",
@@ -248,6 +259,7 @@ def run_search(
             used to refuse conflicts.
         space_ref: ``--space`` (a TOML file or built-in name).
         data_dir: Where prepared data is cached (default: the user's cache).
+        archive: kaggle:dogs-vs-cats only: a downloaded archive to use offline.
         overwrite: Delete an existing search in ``project`` first.
         progress: Called with event dicts (``search_start``, ``trial_start``,
             ``epoch_end``, ``trial_end``, ``notes``).
@@ -279,7 +291,7 @@ def run_search(
     with ProjectLock(project):
         try:
             if splits is None:
-                splits, data_info = _load_data(project, settings, run, data_dir)
+                splits, data_info = _load_data(project, settings, run, data_dir, archive)
         except BaseException:
             if created:  # a bad dataset leaves nothing behind
                 shutil.rmtree(project, ignore_errors=True)
@@ -332,11 +344,11 @@ def run_search(
         return outcome
 
 
-def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir):
+def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir, archive=None):
     """Prepare (or reuse) the search's data and build its splits; refuse changed data."""
     from xtune.data import load_splits, prepare_data
 
-    prepared = prepare_data(settings.data, data_dir=data_dir)
+    prepared = prepare_data(settings.data, data_dir=data_dir, archive=archive, **settings.data_options())
     data_info = prepared.to_dict()
     stored = (run or {}).get("data") or {}
     if stored.get("fingerprint") not in (None, data_info.get("fingerprint")):

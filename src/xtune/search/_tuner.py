@@ -18,19 +18,23 @@ from keras_tuner.src.engine import trial as trial_module
 
 from xtune import _atomic
 from xtune.search._callbacks import (
-    AtomicSaveBestEpoch,
     DiskFull,
-    EpochBackup,
     EpochEvents,
+    EpochState,
     FailOnNaN,
     ReseedEachEpoch,
     SearchInterrupted,
     StopOnRequest,
     TooManyFailures,
     load_backup,
+    restore_snapshot,
+    save_weights_atomic,
 )
 
 TRIAL_RECORD = "xtune.json"
+# Errors that would happen again: the trial fails at once. Anything else (TensorFlow
+# runtime errors, device errors, out of memory) gets one more run, from its backup.
+_DETERMINISTIC = (kt_errors.FailedTrialError, ValueError, TypeError, KeyError, NotImplementedError, AttributeError)
 _TS = trial_module.TrialStatus
 
 
@@ -105,7 +109,6 @@ class SearchTuner(keras_tuner.Tuner):
         if self.stop_event.is_set():
             raise SearchInterrupted("interrupted")
         hp = trial.hyperparameters.values
-        self._trial_started = time.monotonic()
         self.emit({
             "event": "trial_start", "trial_id": trial.trial_id, "values": space_values(hp),
             "bracket": hp.get("tuner/bracket"), "round": hp.get("tuner/round"),
@@ -114,19 +117,23 @@ class SearchTuner(keras_tuner.Tuner):
         })
 
     def on_trial_end(self, trial):
+        with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints its retries
+            super().on_trial_end(trial)  # oracle.end_trial + save: the trial is now final
+        ended = self.oracle.get_trial(trial.trial_id)
         record_path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_RECORD
         record = _read_record(record_path)
-        if trial.status != _TS.COMPLETED and not record.get("reason"):
+        if ended.status != _TS.COMPLETED and not record.get("reason"):
             record["reason"] = _reason_from_traceback(trial.message)
-        record["status"] = _TS.FAILED if trial.status == _TS.INVALID else trial.status
-        record["seconds"] = record.get("seconds_before", 0.0) + (time.monotonic() - self._trial_started)
+        if ended.status == _TS.INVALID:  # queued to run once more, from its backup
+            self.emit({"event": "trial_retry", "trial_id": trial.trial_id, "reason": record.get("reason")})
+            return
+        record["status"] = ended.status
+        record["seconds"] = record.get("seconds_before", 0.0) + record.get("seconds_run", 0.0)
         _atomic.write_json(record_path, record)
-        super().on_trial_end(trial)  # oracle.end_trial + save: the trial is now final
         shutil.rmtree(self.backup_dir(trial.trial_id), ignore_errors=True)
-        ended = self.oracle.get_trial(trial.trial_id)
         self.emit({"event": "trial_end", "trial_id": trial.trial_id, "status": ended.status,
-                   "score": None if ended.score is None else float(ended.score), "reason": record.get("reason"), "seconds": record["seconds"],
-                   "best_epoch": record.get("best_epoch"), "params": record.get("params")})
+                   "score": None if ended.score is None else float(ended.score), "reason": record.get("reason"),
+                   "seconds": record["seconds"], "best_epoch": record.get("best_epoch"), "params": record.get("params")})
         if ended.status == _TS.FAILED:
             self._consecutive_failures += 1
             if self._consecutive_failures >= self.max_consecutive_failures:
@@ -160,22 +167,20 @@ class SearchTuner(keras_tuner.Tuner):
             keras.utils.set_random_seed(trial_seed(self.seed, trial_id))
             model = self._build_hypermodel(hp)
             record["params"] = int(model.count_params())
-            start, history_before, best_value = initial_epoch, [], None
+            start = initial_epoch
             if backup is not None:
-                _restore(model, backup["weights_path"])
-                start, history_before, best_value = backup["epochs_done"], backup["history"], backup["best_value"]
+                restore_snapshot(model, backup["arrays"])
+                start = backup["epochs_done"]
                 record["resumed_at_epochs"] = record["resumed_at_epochs"] + [start]
             elif "tuner/trial_id" in hp.values:
                 _restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
             _atomic.write_json(record_path, record)
-            best = AtomicSaveBestEpoch(self.oracle.objective, self._get_checkpoint_fname(trial_id), best_value)
-            callbacks = [ReseedEachEpoch(trial_seed(self.seed, trial_id)), best, FailOnNaN(),
-                         StopOnRequest(self.stop_event), EpochEvents(self.emit, trial_id, epochs)]
-            backup_cb = EpochBackup(self.backup_dir(trial_id), history_before, best)
-            if self.epoch_backups:
-                callbacks.insert(2, backup_cb)
-            else:
-                callbacks.append(_HistoryOnly(backup_cb))
+            state = EpochState(self.oracle.objective, self.backup_dir(trial_id) if self.epoch_backups else None,
+                               resume=backup)
+            # Order matters at epoch end: time the epoch first (what follows is
+            # overhead), refuse a NaN epoch before it is kept.
+            callbacks = [EpochEvents(self.emit, trial_id, epochs), ReseedEachEpoch(trial_seed(self.seed, trial_id)),
+                         FailOnNaN(), state, StopOnRequest(self.stop_event)]
             if self.tensorboard:
                 callbacks += self._tensorboard_callbacks(trial)
             model.fit(
@@ -183,7 +188,10 @@ class SearchTuner(keras_tuner.Tuner):
                 validation_data=self.splits.validation, epochs=epochs, initial_epoch=start,
                 callbacks=callbacks, verbose=0, shuffle=False,  # the order is ours: train(start_epoch)
             )
-            history = backup_cb.history
+            history = state.history
+            if state.best_arrays is not None:  # KerasTuner's checkpoint: the best epoch
+                restore_snapshot(model, state.best_arrays)
+                save_weights_atomic(model, Path(self._get_checkpoint_fname(trial_id)))
         except (SearchInterrupted, kt_errors.FatalError):
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
@@ -194,7 +202,9 @@ class SearchTuner(keras_tuner.Tuner):
             record["reason"] = _reason(error)
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
-            raise kt_errors.FailedTrialError(record["reason"]) from error
+            if isinstance(error, _DETERMINISTIC):
+                raise kt_errors.FailedTrialError(record["reason"]) from error
+            raise  # maybe transient (a runtime or device error): KerasTuner runs it once more
         finally:
             gc.collect()
         objective = self.oracle.objective
@@ -226,17 +236,6 @@ class SearchTuner(keras_tuner.Tuner):
             keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
             hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=trial.trial_id),
         ]
-
-
-class _HistoryOnly(keras.callbacks.Callback):
-    """Keep the per-epoch history of an ``EpochBackup`` without writing backups."""
-
-    def __init__(self, backup: EpochBackup):
-        super().__init__()
-        self.backup = backup
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.backup.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
 def _restore(model, weights_path) -> None:

@@ -148,6 +148,7 @@ def _check_odd(config, name):
         raise _bad(config, name, "odd")
 
 
+# Every preset is a member of the searchable family (a test checks it).
 PRESETS: dict[str, MiniXceptionConfig] = {
     # The book's model, exactly: 721,857 parameters at 180x180 with 2 classes.
     "seed": MiniXceptionConfig(),
@@ -155,13 +156,13 @@ PRESETS: dict[str, MiniXceptionConfig] = {
     # (momentum 0.9 keeps the moving statistics usable on a few hundred images).
     "small": MiniXceptionConfig(
         num_stages=3, base_width=16, stem_filters=16, stem_kernel=3,
-        bn_momentum=0.9, dropout=0.25, flip="none", rotation=0.0, zoom=0.1,
+        bn_momentum=0.9, dropout=0.2, flip="none", rotation=0.0, zoom=0.1,
         optimizer="adam",
     ),
     # A plain CNN without batch norm: the kind of model that wins on tiny datasets.
     "plain": MiniXceptionConfig(
         num_stages=2, base_width=32, conv_type="standard", residual=False,
         batch_norm=False, convs_per_stage=1, stem_filters=32, stem_kernel=3,
-        dropout=0.25, flip="none", rotation=0.0, zoom=0.0, optimizer="adam",
+        dropout=0.2, flip="none", rotation=0.0, zoom=0.0, optimizer="adam",
     ),
 }

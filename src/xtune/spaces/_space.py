@@ -219,7 +219,7 @@ def builtin_spaces() -> list[str]:
     return ["default"] + sorted(p.stem for p in _BUILTIN_DIR.glob("*.toml"))
 
 
-def load_space(ref: str | Path | None = None) -> SearchSpace:
+def load_space(ref: "str | Path | SearchSpace | None" = None) -> SearchSpace:
     """Load a space: a TOML file that narrows the family, or a built-in name.
 
     A file holds one key per hyperparameter to narrow; unnamed ones keep the family's
@@ -234,11 +234,14 @@ def load_space(ref: str | Path | None = None) -> SearchSpace:
         dropout = { min = 0.0, max = 0.3, default = 0.2 }
 
     Args:
-        ref: A path, a built-in name (see ``builtin_spaces()``), or None for the family.
+        ref: A path, a built-in name (see ``builtin_spaces()``), a ``SearchSpace``
+            (returned as is), or None for the family.
 
     Raises:
         SpaceError: One line naming the file, the key and what is allowed.
     """
+    if isinstance(ref, SearchSpace):
+        return ref
     if ref is None or str(ref) == "default":
         return DEFAULT_SPACE
     path = Path(ref)

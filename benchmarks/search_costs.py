@@ -1,0 +1,216 @@
+"""What the search costs beyond training: loop overhead, bookkeeping, memory, backups.
+
+    python -m benchmarks.search_costs [--only loop,overhead,backups] [--trials 30]
+
+On the demo digits (1,797 real images, 32 px), all in one run:
+
+- loop: images/s of training inside ``tune search`` (per-epoch backups, best-epoch
+  checkpoints, TensorBoard, progress) against a bare ``model.fit`` of the same model
+  on the same cached tf.data pipeline, alternated; epochs after the first (which
+  traces the graph) are compared. Goal: ratio >= 0.95.
+- overhead: a 30-trial search; the share of its wall time outside training epochs,
+  and where it goes (building, graph tracing, per-epoch saves, bookkeeping between
+  trials, start-up). Goal: under 10 %. Memory: RSS after each trial; goal: the last
+  trial's within 20 % of the fifth's.
+- backups: the same small plan with and without per-epoch backups, alternated; the
+  ratio of wall times is what mid-trial resume costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks._common import dump, median, rss_mb, write_result  # noqa: E402
+
+IMAGE_SIZE = 32
+BATCH = 32
+
+
+def _splits(data_dir: Path):
+    from xtune.data import load_splits, prepare_data
+
+    prepared = prepare_data("demo", data_dir=data_dir)
+    return prepared, load_splits(prepared, image_size=IMAGE_SIZE, batch_size=BATCH, seed=1)
+
+
+class _Recorder:
+    """Collects a search's progress events (with their timestamps) and RSS per trial."""
+
+    def __init__(self):
+        self.events = []
+        self.rss = []
+
+    def __call__(self, event):
+        self.events.append(event)
+        if event["event"] == "trial_end":
+            self.rss.append(round(rss_mb(), 1))
+
+
+def _search(project: Path, splits, data_info, given: dict, space, **kwargs) -> tuple[_Recorder, float]:
+    from xtune.search import run_search
+
+    recorder = _Recorder()
+    start = time.monotonic()
+    run_search(project, {"data": "demo", "image_size": IMAGE_SIZE, "batch_size": BATCH, **given},
+               space_ref=space, splits=splits, data_info=data_info, progress=recorder, **kwargs)
+    return recorder, time.monotonic() - start
+
+
+def _epoch_cycles(events) -> list[float]:
+    """Wall time between consecutive epoch ends of a trial (epochs after its first)."""
+    cycles, last = [], {}
+    for e in events:
+        if e["event"] == "epoch_end":
+            if e["trial_id"] in last:
+                cycles.append(e["time"] - last[e["trial_id"]])
+            last[e["trial_id"]] = e["time"]
+    return cycles
+
+
+def training_loop(splits, data_info, work: Path, rounds: int = 3, epochs: int = 6) -> dict:
+    """Images/s inside the search vs. a bare model.fit of the same model, alternated."""
+    import keras
+
+    from xtune.spaces import PRESETS, build_model, compile_model, narrow_space
+
+    config = PRESETS["small"]
+    # A space of this one architecture (two learning rates, so Hyperband has two
+    # configurations to draw): one bracket of 2 trials x `epochs` with --factor 10.
+    fixed = {k: v for k, v in config.to_dict().items() if k != "learning_rate"}
+    space = narrow_space({**fixed, "learning_rate": [1e-3, 3e-3]}, name="one architecture")
+
+    class Clock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.monotonic())
+
+    n = splits.sizes["train"]
+    bare, inside = [], []
+    for r in range(rounds):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(r)
+        model = compile_model(build_model(config, (IMAGE_SIZE, IMAGE_SIZE, 3), len(splits.class_names)), config)
+        clock = Clock()
+        model.fit(splits.train(), steps_per_epoch=splits.steps_per_epoch, validation_data=splits.validation,
+                  epochs=epochs, callbacks=[clock], verbose=0)
+        bare += [n / (b - a) for a, b in zip(clock.ends, clock.ends[1:])]
+        project = work / f"loop-{r}"
+        recorder, _ = _search(project, splits, data_info, {"max_trials": 2, "max_epochs": epochs, "factor": 10},
+                              space)
+        inside += [n / c for c in _epoch_cycles(recorder.events)]
+        shutil.rmtree(project, ignore_errors=True)
+    return {
+        "model": "preset small", "image_size": IMAGE_SIZE, "batch_size": BATCH, "train_images": n,
+        "rounds": rounds, "epochs_per_fit": epochs,
+        "bare_fit_images_per_s": round(median(bare), 1),
+        "search_images_per_s": round(median(inside), 1),
+        "ratio": round(median(inside) / median(bare), 3),
+        "goal": ">= 0.95",
+    }
+
+
+def search_overhead(splits, data_info, work: Path, trials: int = 30) -> dict:
+    """A `trials`-trial search: time outside training epochs, and RSS per trial."""
+    project = work / "overhead"
+    recorder, wall = _search(project, splits, data_info, {"max_trials": trials, "max_epochs": 4}, "small")
+    events = recorder.events
+    by_trial = {}
+    for e in events:
+        if "trial_id" in e:
+            by_trial.setdefault(e["trial_id"], []).append(e)
+    build = tracing = saves = after = 0.0
+    training = 0.0
+    for trial_events in by_trial.values():
+        start = next(e for e in trial_events if e["event"] == "trial_start")
+        end = next(e for e in trial_events if e["event"] == "trial_end")
+        epochs = [e for e in trial_events if e["event"] == "epoch_end"]
+        steady = median([e["seconds"] for e in epochs[1:]]) if len(epochs) > 1 else epochs[0]["seconds"]
+        first_begin = epochs[0]["time"] - epochs[0]["seconds"]
+        build += first_begin - start["time"]
+        tracing += max(epochs[0]["seconds"] - steady, 0.0)
+        training += sum(e["seconds"] for e in epochs) - max(epochs[0]["seconds"] - steady, 0.0)
+        for a, b in zip(epochs, epochs[1:]):
+            saves += (b["time"] - b["seconds"]) - a["time"]
+        after += end["time"] - epochs[-1]["time"]
+    starts = [e for e in events if e["event"] == "trial_start"]
+    ends = [e for e in events if e["event"] == "trial_end"]
+    between = sum(s["time"] - e["time"] for e, s in zip(ends, starts[1:]))
+    search_start = next(e for e in events if e["event"] == "search_start")
+    startup = starts[0]["time"] - search_start["time"]
+    outside = wall - training
+    parts = {"building and compiling models": build, "graph tracing (first epoch of each trial)": tracing,
+             "saves between epochs (backup, checkpoint, TensorBoard)": saves,
+             "end of trial (last saves, records, oracle)": after, "tuner bookkeeping between trials": between,
+             "start-up (tuner, state)": startup}
+    rss = recorder.rss
+    fifth, last = (rss[4], rss[-1]) if len(rss) >= 5 else (rss[0], rss[-1])
+    shutil.rmtree(project, ignore_errors=True)
+    return {
+        "trials": len(ends), "image_size": IMAGE_SIZE, "space": "small", "wall_s": round(wall, 1),
+        "training_epochs_s": round(training, 1),
+        "overhead_share": round(outside / wall, 3),
+        "overhead_s": {k: round(v, 1) for k, v in parts.items()},
+        "unaccounted_s": round(outside - sum(parts.values()), 1),
+        "goal": "< 0.10",
+        "rss_mb_after_each_trial": rss,
+        "rss_last_over_fifth": round(last / fifth, 3),
+        "rss_goal": "last within 20 % of the fifth",
+    }
+
+
+def backup_cost(splits, data_info, work: Path, rounds: int = 2) -> dict:
+    """Wall time of the same plan with and without per-epoch backups, alternated."""
+    with_b, without = [], []
+    for r in range(rounds):
+        for backups, sink in ((True, with_b), (False, without)):
+            project = work / f"backups-{backups}-{r}"
+            _, wall = _search(project, splits, data_info, {"max_trials": 10, "max_epochs": 4}, "small",
+                              epoch_backups=backups)
+            sink.append(wall)
+            shutil.rmtree(project, ignore_errors=True)
+    return {
+        "plan": "10 trials, max 4 epochs, space small, 32 px", "rounds": rounds,
+        "with_backups_s": [round(v, 1) for v in with_b], "without_backups_s": [round(v, 1) for v in without],
+        "ratio": round(statistics.mean(with_b) / statistics.mean(without), 3),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="loop,overhead,backups")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="xtune-bench-"))
+    data_dir = args.data_dir or work / "data"
+    prepared, splits = _splits(data_dir)
+    data_info = prepared.to_dict()
+    wanted = set(args.only.split(","))
+    result = {}
+    try:
+        if "loop" in wanted:
+            result["training_loop"] = training_loop(splits, data_info, work)
+        if "overhead" in wanted:
+            result["search_overhead"] = search_overhead(splits, data_info, work, args.trials)
+        if "backups" in wanted:
+            result["epoch_backups"] = backup_cost(splits, data_info, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_result("search_costs", result)
+    dump(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
