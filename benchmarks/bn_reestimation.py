@@ -13,7 +13,9 @@ re-estimation over one epoch of unaugmented training images, and after the
 re-estimation `tune export` does (the trained model in training mode, its
 augmentation active, over 1-5 epochs of batches).
 
-    python benchmarks/bn_reestimation.py [--presets seed,small] [--train 120] [--seeds 1,2,3] [--out bn.json]
+    python -m benchmarks.bn_reestimation [--presets seed,small] [--train 120,270] [--seeds 1,2,3]
+
+Writes benchmarks/results/bn_reestimation.json.
 """
 
 from __future__ import annotations
@@ -112,28 +114,30 @@ def measure(preset: str, train: int, test: int, epochs: int, classes: int, size:
     return row
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="seed,small")
-    parser.add_argument("--train", type=int, default=120)
+    parser.add_argument("--train", default="120,270", help="training-set sizes, comma-separated")
     parser.add_argument("--test", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--out", help="Write the results as JSON here too.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    from benchmarks._common import write_result
+
     rows = []
-    for preset in args.presets.split(","):
-        for seed in map(int, args.seeds.split(",")):
-            row = measure(preset, args.train, args.test, args.epochs, args.classes, args.image_size,
-                          args.batch_size, seed)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+    for train in map(int, args.train.split(",")):
+        for preset in args.presets.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                row = measure(preset, train, args.test, args.epochs, args.classes, args.image_size,
+                              args.batch_size, seed)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    result = {"results": rows}
+    print(f"wrote {write_result('bn_reestimation', result)}")
+    return result
 
 
 if __name__ == "__main__":
