@@ -1,0 +1,59 @@
+"""Read a search directory (ranked trials, the best configuration); retrain, test and export.
+
+``search_results`` and friends read JSON only; ``export_model`` and
+``predict_images`` import Keras and TensorFlow when called.
+"""
+
+from xtune.results._rows import (
+    SearchResults,
+    best_config,
+    best_trial,
+    completed_trials,
+    search_results,
+    trial_config,
+    trial_rows,
+)
+
+__all__ = [
+    "CARD_FILE",
+    "ExportReport",
+    "SearchResults",
+    "TOLERANCE",
+    "best_config",
+    "best_trial",
+    "classification_metrics",
+    "completed_trials",
+    "default_epochs",
+    "default_export_dir",
+    "export_model",
+    "predict_images",
+    "read_card",
+    "reestimate_batch_norm",
+    "search_results",
+    "trial_config",
+    "trial_rows",
+    "verify_formats",
+]
+
+_LAZY = {
+    "CARD_FILE": "_export",
+    "ExportReport": "_export",
+    "TOLERANCE": "_export",
+    "default_epochs": "_export",
+    "default_export_dir": "_export",
+    "export_model": "_export",
+    "verify_formats": "_export",
+    "classification_metrics": "_metrics",
+    "predict_images": "_predict",
+    "read_card": "_predict",
+    "reestimate_batch_norm": "_batchnorm",
+}
+
+
+def __getattr__(name):
+    # numpy and (when called) Keras/TensorFlow: keep `import xtune.results` light.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"xtune.results.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'xtune.results' has no attribute {name!r}")

@@ -1,0 +1,62 @@
+"""Re-estimating batch-norm moving statistics over the training data."""
+
+from __future__ import annotations
+
+import itertools
+
+
+def batch_norm_layers(model) -> list:
+    """The model's ``BatchNormalization`` layers, in order."""
+    import keras
+
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def reestimation_steps(steps_per_epoch: int) -> int:
+    """How many batches ``tune export`` re-estimates over: 1 to 5 epochs, about 100 batches."""
+    return max(steps_per_epoch, min(5 * steps_per_epoch, 100))
+
+
+def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
+    """Set every batch-norm layer's moving statistics to their training-data averages.
+
+    With few steps per epoch the moving statistics (momentum 0.99) still carry the
+    early epochs when training ends, and the model predicts one class in inference
+    mode (DESIGN.md, "Batch norm on small datasets"). This runs the model in training
+    mode over ``batches`` with each layer's momentum set to ``(k - 1) / k`` at batch
+    ``k``, so the moving mean and variance become the plain average of the per-batch
+    statistics: what the layers normalized with in training, with the final weights.
+    Weights are unchanged; momenta are restored afterwards.
+
+    Run it on the trained model, augmentation layers included (they are active in
+    training mode): the statistics then describe the inputs the weights were trained
+    on, which measured better on test images than statistics of unaugmented images
+    (benchmarks/bn_reestimation.py). Several epochs of batches average over the
+    random augmentations. Dropout is active too, but in this family it only follows
+    the last batch norm.
+
+    Args:
+        model: A built Keras model.
+        batches: An iterable of ``(images, labels)`` batches (a ``tf.data`` dataset).
+        steps: Stop after this many batches (needed for an infinite dataset).
+
+    Returns:
+        The number of batches used (0 if the model has no batch norm).
+    """
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for k, batch in enumerate(itertools.islice(batches, steps), start=1):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in layers:
+                layer.momentum = (k - 1) / k
+            model(images, training=True)
+            used = k
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used

@@ -1,0 +1,633 @@
+"""`tune export`: rebuild the best configuration (or a preset), retrain it, test it, export it.
+
+```
+runs/NAME/export/            (or --out; runs/NAME/export-seed/ for --preset seed)
+  model.keras                the inference model (no augmentation layers), compiled
+  saved_model/               model.export(): a `serve` signature on images of the input size
+  model.tflite               converted from saved_model/
+  model_card.json, README.md what it is, what it was trained on, how well it tests
+```
+
+The folder is built as a hidden sibling (``.export.tmp-*``) and renamed into place
+once every format has been reloaded and agrees with the trained model; a failed or
+interrupted export leaves no model folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xtune import _atomic
+from xtune.errors import DataError, ProjectError, UsageError
+from xtune.results._card import render_card_markdown
+from xtune.results._metrics import classification_metrics
+from xtune.results._rows import best_trial, class_names as recorded_class_names, completed_trials, trial_config
+from xtune.search._project import load_project
+from xtune.spaces import PRESETS, MiniXceptionConfig
+
+CARD_FILE = "model_card.json"
+CARD_FORMAT = 1
+TRAIN_ON = ("train", "train+val")
+# Every reloaded format must give the trained model's probabilities within this
+# (max absolute difference over CHECK_IMAGES test images), or the export fails.
+TOLERANCE = 1e-4
+CHECK_IMAGES = 32
+_TMP = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export_model`` wrote.
+
+    Attributes:
+        out: The export folder.
+        card: The model card (``model_card.json``) as a dict.
+    """
+
+    out: Path
+    card: dict
+
+    @property
+    def test(self) -> dict:
+        """The test metrics of the exported model."""
+        return self.card["test"]
+
+    @property
+    def comparison(self) -> dict:
+        """Test metrics of the other exports of the same search, by name (may be empty)."""
+        return self.card.get("comparison", {})
+
+
+def default_export_dir(project: Path, preset: str | None = None) -> Path:
+    """``runs/NAME/export`` for the searched model, ``runs/NAME/export-<preset>`` for a preset."""
+    return Path(project) / ("export" if preset is None else f"export-{preset}")
+
+
+def default_epochs(best_epoch: int, train_size: int, trained_size: int) -> int:
+    """Epochs of a retraining: the best trial's peak epoch, scaled to the data it now trains on.
+
+    Training on more data (train+val) runs proportionally longer, as Chollet does
+    when he retrains the tuned model on the full training data (*Deep Learning with
+    Python*, 2nd ed., 13.1.1: ``epochs=int(best_epoch * 1.2)``).
+
+    Args:
+        best_epoch: The absolute epoch (1-based) at which the best trial peaked.
+        train_size: Images in the training split (what the search trained on).
+        trained_size: Images the retraining trains on.
+    """
+    return max(1, int(best_epoch * trained_size / max(train_size, 1) + 0.5))
+
+
+def export_model(
+    project: Path,
+    *,
+    out: Path | None = None,
+    epochs: int | None = None,
+    train_on: str = "train",
+    retrain: bool = True,
+    preset: str | None = None,
+    trial_id: str | None = None,
+    overwrite: bool = False,
+    data_dir: Path | None = None,
+    progress=None,
+    splits=None,
+) -> ExportReport:
+    """Retrain the best configuration of a search (or a preset), test it and export it.
+
+    The model is rebuilt from its stored hyperparameters and trained from scratch
+    with the trial's seed (``trial_seed``, reseeded each epoch as in the search),
+    batch size, augmentation and data order: a first-round trial retrained on
+    "train" repeats its search run exactly. Its batch-norm
+    statistics are then re-estimated over the training data (see
+    ``reestimate_batch_norm``; the card keeps the test metrics before and after), it
+    is evaluated on the test split, written as
+    ``model.keras``, ``saved_model/`` and ``model.tflite``, and every format is
+    reloaded and checked against it (``TOLERANCE``).
+
+    Args:
+        project: The search directory.
+        out: The export folder (default ``default_export_dir(project, preset)``).
+        epochs: Training epochs (default: the best trial's peak epoch, see
+            ``default_epochs``).
+        train_on: "train" or "train+val" (the validation split joins the training
+            data; the test split is never trained on).
+        retrain: False exports the best trial's own checkpoint (its best epoch).
+        preset: Train this ``PRESETS`` configuration (e.g. "seed", the book's model)
+            instead of the searched best, with the same data and settings.
+        trial_id: Export this completed trial instead of the best one.
+        overwrite: Replace ``out`` if it exists.
+        data_dir: Where prepared data is cached (as for ``tune search``).
+        progress: Called with event dicts: ``export_start``, ``phase``,
+            ``epoch_end``, ``export_end``.
+        splits: Pre-built data splits (as ``run_search`` accepts); by default the
+            search's data is prepared and split again, and must be unchanged.
+
+    Returns:
+        An ``ExportReport``.
+
+    Raises:
+        UsageError: Contradictory options.
+        ProjectError: No such search, no completed trial, ``out`` exists, a format
+            that does not reload or does not agree with the trained model.
+        DataError: The search's data cannot be loaded or has changed.
+    """
+    emit = progress or (lambda event: None)
+    project = Path(project)
+    state = load_project(project)
+    settings = state.settings
+    if train_on not in TRAIN_ON:
+        raise UsageError(f"--train-on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"no preset named {preset!r} (presets: {', '.join(PRESETS)})")
+    if not retrain and preset is not None:
+        raise UsageError("--no-retrain exports a trial's checkpoint; a preset has none (drop one of them)")
+    if not retrain and epochs is not None:
+        raise UsageError("--epochs sets the retraining; it has no effect with --no-retrain")
+    if not retrain and train_on != "train":
+        raise UsageError("--train-on sets the retraining; it has no effect with --no-retrain")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be at least 1; got {epochs}")
+    out = Path(out) if out is not None else default_export_dir(project, preset)
+    if out.exists() and not overwrite:
+        raise ProjectError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    trial = None
+    if trial_id is not None:
+        if preset is not None:
+            raise UsageError("--trial picks the configuration to export; a preset is another one (drop one of them)")
+        trial = _completed_trial(state, trial_id)
+    elif preset is None or epochs is None:
+        trial = best_trial(state)  # ProjectError when no trial has completed
+    config = PRESETS[preset] if preset is not None else trial_config(state, trial)
+    checkpoint = project / f"trial_{trial.trial_id}" / "checkpoint.weights.h5" if trial is not None else None
+    if not retrain and not checkpoint.is_file():
+        raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
+
+    emit({"event": "phase", "phase": "data", "message": f"loading the data of {settings.data}"})
+    splits, data_info = _splits_for(state, data_dir, splits)
+    names = list(splits.class_names)
+    recorded = recorded_class_names(state)
+    if recorded and recorded != names:
+        raise DataError(f"the classes of {settings.data!r} are {names}, but the search trained on {recorded}")
+    sizes = dict(splits.sizes)
+    train_size = int(sizes["train"])
+    trained_size = train_size + (int(sizes["validation"]) if train_on == "train+val" else 0)
+    best_epoch = int((trial.record.get("best_epoch") if trial else None) or (trial.epochs if trial else 1))
+    if retrain and epochs is None:
+        epochs = default_epochs(best_epoch, train_size, trained_size)
+
+    import keras
+
+    from xtune._runtime import configure_devices
+    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
+    from xtune.search._tuner import trial_seed
+    from xtune.spaces import build_model, compile_model
+
+    configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
+    input_shape = (settings.image_size, settings.image_size, 3)
+    name = preset or "searched"
+    emit({"event": "export_start", "name": name, "out": str(out), "retrain": retrain, "epochs": epochs,
+          "train_on": train_on, "trial_id": trial.trial_id if trial else None, "config": config.to_dict(),
+          "sizes": sizes})
+
+    # Train (or load the trial's best epoch).
+    # The trial's own seed (as the tuner set it): a first-round trial retrained on
+    # "train" repeats its search run exactly. A preset shares it, for a fair comparison.
+    seed = trial_seed(settings.seed, trial.trial_id) if trial is not None else settings.seed
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = compile_model(build_model(config, input_shape, len(names)), config)
+    started = time.monotonic()
+    if retrain:
+        train_data, steps = _training_stream(splits, train_on, settings)
+        emit({"event": "phase", "phase": "train",
+              "message": f"training {epochs} epoch(s) on {train_on} ({trained_size} images, {steps} steps/epoch)"})
+        history = _fit(model, train_data, steps, epochs, None if train_on == "train+val" else splits.validation,
+                       seed, emit)
+    else:
+        emit({"event": "phase", "phase": "load", "message": f"loading the best epoch of trial {trial.trial_id}"})
+        model.optimizer.build(model.trainable_variables)  # else Keras skips the optimizer state
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(os.fspath(checkpoint))
+        history = [h for h in trial.record.get("history", []) if h.get("epoch", 0) <= best_epoch]
+        train_data, steps = splits.train(), splits.steps_per_epoch
+    seconds = time.monotonic() - started
+
+    # Batch-norm statistics of the final weights, then the inference model: the same
+    # weights, no augmentation layers.
+    bn = None
+    if batch_norm_layers(model):
+        before = _evaluate(_inference_model(model, config, input_shape, len(names)), splits.test, names)[0]
+        count = reestimation_steps(steps)
+        emit({"event": "phase", "phase": "batch_norm",
+              "message": f"re-estimating batch-norm statistics over {count} training batches"})
+        keras.utils.set_random_seed(seed)
+        used = reestimate_batch_norm(model, iter(train_data), steps=count)
+        bn = {"batches": used, "augmentation": config.augmentation,
+              "test_before": {k: before[k] for k in ("accuracy", "loss")}}
+    inference = _inference_model(model, config, input_shape, len(names))
+    emit({"event": "phase", "phase": "evaluate", "message": "evaluating on the test split"})
+    test, check_images = _evaluate(inference, splits.test, names)
+    if bn is not None:
+        bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
+    reference = np.asarray(inference(check_images, training=False))
+
+    card = {
+        "format": CARD_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "name": name,
+        "model": {
+            "source": (f"preset {preset!r} (xtune.spaces.PRESETS)" if preset is not None
+                       else f"trial {trial.trial_id} of the search in {project}"),
+            "trial_id": trial.trial_id if preset is None else None,
+            "config": config.to_dict(),
+            "widths": list(config.widths),
+            "params": int(inference.count_params()),
+            "input_shape": list(input_shape),
+            "input": (f"RGB images resized (bilinear) to {input_shape[0]}x{input_shape[1]}, float32 pixel values "
+                      "in [0, 255], batched: (batch, height, width, 3)"),
+            "output": (f"(batch, 1): sigmoid probability of {names[1]!r}" if len(names) == 2
+                       else f"(batch, {len(names)}): softmax probabilities in class_names order"),
+        },
+        "class_names": names,
+        "data": {
+            "source": settings.data,
+            "fingerprint": (data_info or {}).get("fingerprint"),
+            "splits": {k: int(v) for k, v in sizes.items()},
+            "trained_on": train_on,
+            "training_images": trained_size,
+        },
+        "training": {
+            "retrained": retrain,
+            "epochs": epochs if retrain else best_epoch,
+            "epochs_rule": _epochs_rule(retrain, epochs, best_epoch, train_on, trial),
+            "batch_size": settings.batch_size,
+            "seed": seed,
+            "augmentation": {"flip": config.flip, "rotation": config.rotation, "zoom": config.zoom},
+            "optimizer": config.optimizer,
+            "learning_rate": config.learning_rate,
+            "seconds": round(seconds, 1),
+            "history": history,
+            "batch_norm_reestimation": bn,
+        },
+        "test": test,
+        "search": _search_summary(state, trial),
+        "formats": {},
+        "comparison": {},
+        "versions": _versions(),
+    }
+
+    # Write, reload, compare; install only if every format agrees.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TMP}", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is as shareable as a mkdir
+        emit({"event": "phase", "phase": "write", "message": "writing model.keras, saved_model/, model.tflite"})
+        _write_formats(inference, tmp)
+        emit({"event": "phase", "phase": "verify", "message": f"reloading every format and comparing predictions "
+              f"on {len(check_images)} test images (tolerance {TOLERANCE:g})"})
+        card["formats"] = verify_formats(tmp, check_images, reference)
+        card["comparison"] = _comparison(project, preset, card)
+        _atomic.write_json(tmp / CARD_FILE, card)
+        _atomic.write_text(tmp / "README.md", render_card_markdown(card))
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = ExportReport(out, card)
+    emit({"event": "export_end", "out": str(out), "test": test, "comparison": card["comparison"]})
+    return report
+
+
+def _completed_trial(state, trial_id: str):
+    wanted = str(trial_id).zfill(4) if str(trial_id).isdigit() else str(trial_id)
+    for trial in completed_trials(state):
+        if trial.trial_id == wanted:
+            return trial
+    known = {t.trial_id: t.status for t in state.trials}
+    if wanted in known:
+        raise ProjectError(f"trial {wanted} of {state.path} is {known[wanted]}, not completed; it has no result to export")
+    raise ProjectError(f"{state.path} has no trial {trial_id!r} (see: tune results --project {state.path})")
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def _splits_for(state, data_dir, splits):
+    """The splits to train and test on, and the data record for the card."""
+    settings = state.settings
+    recorded = state.run.get("data") or {}
+    if splits is not None:
+        return splits, recorded
+    from xtune.data import load_splits, prepare_data
+
+    prepared = prepare_data(settings.data, data_dir=data_dir)
+    info = prepared.to_dict()
+    if recorded.get("fingerprint") not in (None, info.get("fingerprint")):
+        raise DataError(f"the data of {settings.data!r} changed since the search in {state.path} ran; "
+                        "its test split would not be the one the search kept apart")
+    return load_splits(prepared, image_size=settings.image_size, batch_size=settings.batch_size,
+                       seed=settings.seed), info
+
+
+def _training_stream(splits, train_on: str, settings):
+    """(infinite batched dataset, steps per epoch) for "train" or "train+val"."""
+    if train_on == "train":
+        return splits.train(), splits.steps_per_epoch
+    own = getattr(splits, "train_and_validation", None)
+    if own is not None:
+        return own()
+    return train_and_validation(splits, settings.batch_size, settings.seed)
+
+
+def train_and_validation(splits, batch_size: int, seed: int):
+    """An infinite, shuffled, batched stream over the training and validation images.
+
+    Draws from ``splits.train()`` (unbatched) and the validation images (repeated)
+    at random, in proportion to the split sizes, with ``seed``. One epoch is
+    ``ceil((train + validation) / batch_size)`` batches.
+
+    Returns:
+        ``(dataset, steps_per_epoch)``.
+    """
+    import tensorflow as tf
+
+    n_train, n_val = int(splits.sizes["train"]), int(splits.sizes["validation"])
+    train = splits.train().unbatch()
+    val = splits.validation.unbatch().repeat().shuffle(min(max(n_val, 1), 256), seed=seed)
+    total = n_train + n_val
+    mixed = tf.data.Dataset.sample_from_datasets([train, val], weights=[n_train / total, n_val / total], seed=seed)
+    return mixed.batch(batch_size).prefetch(tf.data.AUTOTUNE), math.ceil(total / batch_size)
+
+
+# -- training and evaluation -----------------------------------------------------------------
+
+
+def _fit(model, train_data, steps: int, epochs: int, validation, seed: int, emit) -> list[dict]:
+    import keras
+
+    from xtune.search._callbacks import ReseedEachEpoch
+
+    class Events(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = []
+            self.start = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            self.history.append(record)
+            emit({"event": "epoch_end", "epoch": epoch + 1, "epochs": epochs, "logs": dict(record),
+                  "seconds": time.monotonic() - self.start})
+
+    events = Events()
+    model.fit(train_data, steps_per_epoch=steps, epochs=epochs, validation_data=validation,
+              callbacks=[ReseedEachEpoch(seed), events], verbose=0, shuffle=False)
+    return events.history
+
+
+def _inference_model(model, config: MiniXceptionConfig, input_shape, num_classes: int):
+    """``build_model(..., augmentation=False)`` with ``model``'s weights, copied by layer name."""
+    from xtune.spaces import build_model, compile_model
+
+    inference = build_model(config, input_shape, num_classes, augmentation=False)
+    trained = {layer.name: layer for layer in model.layers}
+    for layer in inference.layers:
+        if layer.weights:
+            layer.set_weights(trained[layer.name].get_weights())
+    missing = [l.name for l in model.layers if l.weights and not l.name.startswith("augment_")
+               and l.name not in {i.name for i in inference.layers}]
+    if missing:  # pragma: no cover - the builder's names are systematic
+        raise ProjectError(f"the inference model lacks the trained layers {missing}")
+    return compile_model(inference, config)
+
+
+def _evaluate(model, dataset, class_names: list[str]):
+    """(test metrics, the first CHECK_IMAGES test images) of ``model`` on a finite dataset."""
+    probabilities, labels, check = [], [], []
+    kept = 0
+    for images, batch_labels in dataset:
+        images = np.asarray(images)
+        probabilities.append(np.asarray(model(images, training=False)))  # eager: no retracing per batch size
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        if kept < CHECK_IMAGES:
+            check.append(images[: CHECK_IMAGES - kept])
+            kept += len(check[-1])
+    if not labels:
+        raise DataError("the test split is empty; the export has nothing to test on")
+    metrics = classification_metrics(np.concatenate(probabilities), np.concatenate(labels), class_names)
+    return metrics, np.concatenate(check)
+
+
+# -- formats ---------------------------------------------------------------------------------
+
+
+def _write_formats(model, folder: Path) -> None:
+    import tensorflow as tf
+
+    model.optimizer.build(model.trainable_variables)  # saved with its variables: reloads without warnings
+    model.save(folder / "model.keras")
+    with contextlib.redirect_stdout(io.StringIO()):  # model.export prints its signature
+        model.export(os.fspath(folder / "saved_model"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(folder / "saved_model"))
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:  # the converter raises its own ConverterError and others
+        raise ProjectError(f"TFLite conversion failed: {_first_line(error)}") from None
+    _atomic.write_bytes(folder / "model.tflite", flatbuffer)
+
+
+def verify_formats(folder: Path, images: np.ndarray, reference: np.ndarray, tolerance: float = TOLERANCE) -> dict:
+    """Reload every exported format and compare its predictions with ``reference``.
+
+    Args:
+        folder: An export folder (``model.keras``, ``saved_model/``, ``model.tflite``).
+        images: A batch of images, ``(n, height, width, 3)`` float32 in [0, 255].
+        reference: The trained model's outputs on ``images``.
+        tolerance: The largest allowed absolute difference of any output.
+
+    Returns:
+        ``{"tolerance", "images", "model.keras": {"max_abs_diff"}, "saved_model":
+        {...}, "model.tflite": {...}}``.
+
+    Raises:
+        ProjectError: A format does not reload, or differs by more than ``tolerance``.
+    """
+    folder = Path(folder)
+    images = np.asarray(images, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    loaders = {"model.keras": _predict_keras, "saved_model": _predict_saved_model, "model.tflite": _predict_tflite}
+    report = {"tolerance": tolerance, "images": int(len(images))}
+    for fmt, predict in loaders.items():
+        try:
+            outputs = np.asarray(predict(folder, images), dtype=np.float32)
+        except Exception as error:
+            raise ProjectError(f"export failed: {fmt} does not reload ({_first_line(error)}); nothing was written") from None
+        if outputs.shape != reference.shape:
+            raise ProjectError(f"export failed: {fmt} gives outputs of shape {outputs.shape}, the trained model "
+                               f"{reference.shape}; nothing was written")
+        diff = float(np.max(np.abs(outputs - reference))) if reference.size else 0.0
+        if not diff <= tolerance:
+            raise ProjectError(f"export failed: {fmt} predicts up to {diff:.2g} away from the trained model "
+                               f"(tolerance {tolerance:g}); nothing was written")
+        report[fmt] = {"max_abs_diff": diff}
+    return report
+
+
+def _predict_keras(folder: Path, images):
+    import keras
+
+    model = keras.models.load_model(folder / "model.keras")
+    return model(images, training=False)
+
+
+def _predict_saved_model(folder: Path, images):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(os.fspath(folder / "saved_model"))
+    return loaded.serve(tf.constant(images)).numpy()
+
+
+def _predict_tflite(folder: Path, images):
+    interpreter = tflite_interpreter(folder / "model.tflite")
+    return run_tflite(interpreter, images)
+
+
+def tflite_interpreter(path: Path):
+    """A TFLite interpreter for ``path`` (TensorFlow's; its deprecation notice silenced)."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tf.lite.Interpreter(model_path=os.fspath(path))
+
+
+def run_tflite(interpreter, images: np.ndarray) -> np.ndarray:
+    """Run a TFLite interpreter on a batch (resizing its batch dimension to fit)."""
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(images.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], np.asarray(images, dtype=inp["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+# -- the folder -------------------------------------------------------------------------------
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``out`` (replacing an old ``out``)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}{_TMP}old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove hidden ``.<out>.tmp-*`` folders left by an export that was killed."""
+    for stale in out.parent.glob(f".{out.name}{_TMP}*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+# -- the card ---------------------------------------------------------------------------------
+
+
+def _epochs_rule(retrain, epochs, best_epoch, train_on, trial) -> str:
+    if not retrain:
+        return f"the best epoch ({best_epoch}) of trial {trial.trial_id}, not retrained"
+    if trial is None:
+        return "--epochs"
+    if train_on == "train":
+        return f"the peak epoch of trial {trial.trial_id} ({best_epoch})"
+    return f"the peak epoch of trial {trial.trial_id} ({best_epoch}) x (train+val images / train images)"
+
+
+def _search_summary(state, trial) -> dict:
+    completed = completed_trials(state)
+    best = completed[0] if completed else None
+    return {
+        "project": str(state.path),
+        "objective": state.settings.objective,
+        "image_size": state.settings.image_size,
+        "max_epochs": state.settings.max_epochs,
+        "trials_completed": len(completed),
+        "trials_failed": sum(1 for t in state.trials if t.status == "FAILED"),
+        "finished": state.finished is not None,
+        "best_trial": best.trial_id if best else None,
+        "best_score": float(best.score) if best else None,
+        "exported_trial": trial.trial_id if trial else None,
+        "exported_trial_score": float(trial.score) if trial and trial.score is not None else None,
+        "exported_trial_best_epoch": trial.record.get("best_epoch") if trial else None,
+    }
+
+
+def _comparison(project: Path, preset: str | None, card: dict) -> dict:
+    """Test metrics of the search's other default exports made on the same test split."""
+    names = ["searched"] + list(PRESETS)
+    found = {}
+    for other in names:
+        if other == card["name"]:
+            continue
+        path = default_export_dir(project, None if other == "searched" else other) / CARD_FILE
+        if not path.is_file():
+            continue
+        try:
+            theirs = _atomic.read_json(path)
+        except ValueError:
+            continue
+        same = (theirs.get("class_names") == card["class_names"]
+                and theirs.get("data", {}).get("fingerprint") == card["data"]["fingerprint"]
+                and theirs.get("data", {}).get("splits", {}).get("test") == card["data"]["splits"].get("test"))
+        if not same:
+            continue
+        found[other] = {
+            "folder": str(path.parent),
+            "accuracy": theirs["test"].get("accuracy"),
+            "loss": theirs["test"].get("loss"),
+            "per_class": theirs["test"].get("per_class"),
+            "params": theirs.get("model", {}).get("params"),
+            "epochs": theirs.get("training", {}).get("epochs"),
+            "trained_on": theirs.get("data", {}).get("trained_on"),
+        }
+    return found
+
+
+def _versions() -> dict:
+    from xtune.search._project import library_versions
+
+    return library_versions()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]
