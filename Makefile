@@ -20,8 +20,11 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/tune space show --space small --image-size 32
-	$(BIN)/python -c "from xtune.spaces import PRESETS, build_model; m = build_model(PRESETS['seed'], (180, 180, 3), 2); print(m.name, m.count_params(), 'parameters')"
+	$(BIN)/tune search --data demo --project $(DEMO_DIR)/demo --data-dir $(DEMO_DIR)/data \
+		--image-size 32 --space small --max-trials 12 --max-epochs 9
+	$(BIN)/tune results --project $(DEMO_DIR)/demo --top 5
+	$(BIN)/tune export --project $(DEMO_DIR)/demo --data-dir $(DEMO_DIR)/data --preset seed --overwrite --quiet > /dev/null
+	$(BIN)/tune export --project $(DEMO_DIR)/demo --data-dir $(DEMO_DIR)/data --overwrite
 
 bench: install
 	$(BIN)/python -m benchmarks

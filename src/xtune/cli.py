@@ -272,7 +272,7 @@ def space_check(file):
 # ---------------------------------------------------------------------------- search
 
 _PROJECT = click.option("--project", type=click.Path(file_okay=False, path_type=Path),
-                        help="The search directory (runs/NAME). For a new search it defaults to runs/<data name>.")
+                        help="The search directory (runs/NAME).")
 
 
 def _project_required(project):
@@ -354,6 +354,8 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
     processes on other machines that share the project directory. Either way the
     search stays resumable, by the same command or by a single process.
 
+    For a new search, --project defaults to runs/<data name>.
+
     \b
     tune search --data demo --image-size 32 --max-trials 20 --max-epochs 9
     tune search --data kaggle:dogs-vs-cats --max-trials 50 --project runs/cats
@@ -390,6 +392,16 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
         return
     if project is None:
         raise click.UsageError("give --data to start a search, or --project to resume one")
+    from xtune import _supervisor
+
+    if not (serve_chief or workers or _supervisor.in_child()):
+        # The search runs in a child process that is resumed if it dies (a native crash).
+        first = _command_line(ctx, project)
+        code = _supervisor.supervise(first, [a for a in first if a != "--overwrite"], project,
+                                     click.echo, lambda line: click.echo(line, err=True))
+        ctx.exit(code)
+    if _supervisor.in_child():
+        _supervisor.die_with_parent()
     _quiet_tensorflow()
     printer = _SearchPrinter(verbosity)
     if serve_chief:
@@ -421,6 +433,27 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
         ctx.exit(130)
     if outcome.status == "stopped":
         ctx.exit(1)
+
+
+def _command_line(ctx, project: Path) -> list[str]:
+    """The options the user gave this command, as arguments again (plus --project)."""
+    from click.core import ParameterSource
+
+    args = ["--project", str(project)]
+    for param in ctx.command.params:
+        if param.name == "project" or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(param.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        value = ctx.params[param.name]
+        if param.name == "verbosity":
+            args.append({0: "--quiet", 2: "--verbose"}.get(value, ""))
+        elif param.is_flag:
+            if value:
+                args.append(param.opts[0])
+        elif value is not None:
+            args += [param.opts[0], ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return [a for a in args if a]
 
 
 def _echo_plan(plan) -> None:

@@ -100,8 +100,9 @@ def test_status_of_a_finished_search(finished):
 
 def _search_process(image_folder, project, data_dir, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    # Its own process group, as a terminal gives a command: Ctrl-C reaches the group.
     return subprocess.Popen([sys.executable, "-m", "xtune", *search_args(image_folder, project, data_dir, "--verbose", *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 
 
 def _read_until(proc, predicate, timeout=240):
@@ -121,7 +122,7 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
     # Ctrl-C inside the first trial's second epoch: stops in the epoch, says how to resume.
     proc = _search_process(image_folder, project, data_dir)
     _read_until(proc, lambda line, _: " epoch 1/" in line)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "Interrupted during trial 0000" in out and f"Resume with: tune search --project {project}" in out
@@ -131,7 +132,7 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
     # SIGKILL after three completed trials.
     proc = _search_process(image_folder, project, data_dir)
     lines = _read_until(proc, lambda line, lines: sum(l.startswith("trial ") for l in lines) >= 3)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {t.trial_id: t for t in load_project(project).trials if t.status == "COMPLETED"}
     assert len(before) >= 3
@@ -272,3 +273,22 @@ def test_a_full_disk_stops_cleanly_and_the_search_resumes(image_folder, data_dir
     outcome = run_search(project, {}, data_dir=data_dir, tensorboard=False)
     assert outcome.status == "finished" and outcome.completed == 2
     assert load_project(project).trials[0].record["resumed_at_epochs"] == [1]
+
+
+def test_a_trial_that_crashes_the_process_is_resumed_then_failed(image_folder, data_dir, tmp_path):
+    """A native crash kills the process: `tune search` restarts it; a trial that kills it
+    twice from the same epoch is failed, with the reason, and the search goes on."""
+    project = tmp_path / "crashy"
+    env = dict(os.environ, XTUNE_FAULT_ABORT="0000:2", TF_CPP_MIN_LOG_LEVEL="3")
+    args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
+            "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "2",
+            "--max-epochs", "2", "--seed", "3"]
+    out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Dies in epoch 2 (epoch 1 saved), then twice more from epoch 1; the next start fails it.
+    assert out.stderr.count("The search process died (SIGABRT); resuming from the last saved epoch.") == 3
+    assert "I0000" not in out.stderr  # TensorFlow's start-up chatter is filtered
+    assert "Search finished: 2 trials (1 completed, 1 failed)" in out.stdout
+    first = load_project(project).trials[0]
+    assert first.status == "FAILED"
+    assert "the process died 2 times while training this trial from epoch 1" in first.record["reason"]

@@ -192,3 +192,16 @@ class EpochEvents(keras.callbacks.Callback):
             "epochs": self.total_epochs, "seconds": time.monotonic() - self._start,
             "logs": {k: float(v) for k, v in (logs or {}).items()},
         })
+
+
+class AbortAt(keras.callbacks.Callback):
+    """Test hook (``XTUNE_FAULT_ABORT=<trial_id>:<epoch>``): kill the process with SIGABRT
+    when that trial starts that epoch (1-based), as a crash inside TensorFlow would."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            os.abort()

@@ -19,6 +19,7 @@ from keras_tuner.src.engine import tuner as tuner_module
 
 from xtune import _atomic
 from xtune.search._callbacks import (
+    AbortAt,
     DiskFull,
     EpochEvents,
     EpochState,
@@ -33,6 +34,11 @@ from xtune.search._callbacks import (
 )
 
 TRIAL_RECORD = "xtune.json"
+CRASHES_PER_TRIAL = 2
+# Seen on this project's 2-core AMD EPYC CPU: a oneDNN kernel corrupts the heap for some
+# trials (SIGSEGV, "free(): invalid next size"); turning oneDNN off avoids it, at 1.5-3x
+# slower CPU training, so it is only a hint.
+_CRASH_HINT = "; on a CPU, TF_ENABLE_ONEDNN_OPTS=0 avoids a known oneDNN crash"
 # Errors that would happen again: the trial fails at once. Anything else (TensorFlow
 # runtime errors, device errors, out of memory) gets one more run, from its backup.
 _DETERMINISTIC = (kt_errors.FailedTrialError, ValueError, TypeError, KeyError, NotImplementedError, AttributeError)
@@ -160,7 +166,21 @@ class SearchTuner(keras_tuner.Tuner):
             "epochs": epochs, "initial_epoch": initial_epoch, "parent": hp.values.get("tuner/trial_id"),
             "resumed_at_epochs": previous.get("resumed_at_epochs", []),
             "seconds_before": previous.get("seconds_before", 0.0) + previous.get("seconds_run", 0.0),
+            "runs": previous.get("runs", []),
         }
+        # A run that never ended is a process that died in it (a crash in native code,
+        # the out-of-memory killer). Twice from the same epoch: this trial kills the
+        # process, so it fails instead of killing every resume.
+        start = backup["epochs_done"] if backup is not None else initial_epoch
+        died = [r for r in record["runs"] if not r.get("ended") and r.get("from_epoch") == start]
+        if len(died) >= CRASHES_PER_TRIAL:
+            record["reason"] = (f"the process died {len(died)} times while training this trial from epoch {start} "
+                                "(a crash inside TensorFlow, or the out-of-memory killer)" + _CRASH_HINT)
+            record["runs"].append({"from_epoch": start, "ended": True})
+            _atomic.write_json(record_path, record)
+            raise kt_errors.FailedTrialError(record["reason"])
+        record["runs"].append({"from_epoch": start})
+        _atomic.write_json(record_path, record)
         started = time.monotonic()
         try:
             keras.backend.clear_session()  # memory of the previous trial goes here
@@ -168,11 +188,9 @@ class SearchTuner(keras_tuner.Tuner):
             keras.utils.set_random_seed(trial_seed(self.seed, trial_id))
             model = self._build_hypermodel(hp)
             record["params"] = int(model.count_params())
-            start = initial_epoch
             if backup is not None:
                 with tuner_module.maybe_distribute(self.distribution_strategy):
                     restore_snapshot(model, backup["arrays"])
-                start = backup["epochs_done"]
                 record["resumed_at_epochs"] = record["resumed_at_epochs"] + [start]
             elif "tuner/trial_id" in hp.values:
                 self._restore(model, self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
@@ -185,6 +203,9 @@ class SearchTuner(keras_tuner.Tuner):
                          FailOnNaN(), state, StopOnRequest(self.stop_event)]
             if self.tensorboard:
                 callbacks += self._tensorboard_callbacks(trial)
+            fault = os.environ.get("XTUNE_FAULT_ABORT", "").split(":")
+            if fault[0] == trial_id:
+                callbacks.append(AbortAt(int(fault[1])))
             model.fit(
                 self.splits.train(start_epoch=start), steps_per_epoch=self.splits.steps_per_epoch,
                 validation_data=self.splits.validation, epochs=epochs, initial_epoch=start,
@@ -196,6 +217,7 @@ class SearchTuner(keras_tuner.Tuner):
                     restore_snapshot(model, state.best_arrays)
                 save_weights_atomic(model, Path(self._get_checkpoint_fname(trial_id)))
         except (SearchInterrupted, kt_errors.FatalError):
+            record["runs"][-1]["ended"] = True
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
             raise
@@ -203,6 +225,7 @@ class SearchTuner(keras_tuner.Tuner):
             if _atomic.is_disk_full(error):
                 raise DiskFull(f"disk full while running trial {trial_id}: {error}") from error
             record["reason"] = _reason(error)
+            record["runs"][-1]["ended"] = True
             record["seconds_run"] = time.monotonic() - started
             _atomic.write_json(record_path, record)
             if isinstance(error, _DETERMINISTIC):
@@ -218,6 +241,7 @@ class SearchTuner(keras_tuner.Tuner):
         for h in scored[1:]:
             if objective.better_than(objective.get_value(h), objective.get_value(best_record)):
                 best_record = h
+        record["runs"][-1]["ended"] = True
         record.update({"history": history, "best_epoch": best_record["epoch"],
                        "seconds_run": time.monotonic() - started})
         _atomic.write_json(record_path, record)
