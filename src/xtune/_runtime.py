@@ -6,7 +6,62 @@ Keras runs on it: ``spaces/`` and ``search/`` stay backend-agnostic.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import threading
+
 from xtune.errors import UsageError
+
+# TensorFlow's C++ log lines ("I0000 00:00:... port.cc:153] oneDNN custom operations
+# are on", "WARNING: All log messages before absl::InitializeLog()...", the cuInit
+# failure on machines without a GPU): written before any log level applies.
+NATIVE_LOG = re.compile(r"^([IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::"
+                        r"|INFO: Created TensorFlow Lite XNNPACK delegate)")
+_filtering = False
+
+
+def filter_native_stderr() -> None:
+    """Drop TensorFlow's native start-up chatter from this process's stderr (fd 2).
+
+    Python-level output, warnings and errors pass through untouched. Skipped when
+    stderr is not the process's fd 2 (a test runner captured it) or with XTUNE_DEBUG.
+    """
+    global _filtering
+    if _filtering or os.environ.get("XTUNE_DEBUG"):
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    import atexit
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump():
+        with os.fdopen(read, "rb") as src, os.fdopen(os.dup(real), "wb", buffering=0) as dst:
+            for line in src:
+                if not NATIVE_LOG.match(line.decode("utf-8", "replace")):
+                    dst.write(line)
+
+    thread = threading.Thread(target=pump, name="xtune-stderr", daemon=True)
+    thread.start()
+
+    def drain():
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(real, 2)  # closes the pipe's last writer: the pump sees the end
+        thread.join(timeout=2)
+
+    atexit.register(drain)
+    _filtering = True
 
 MIXED_PRECISION = ("auto", "on", "off")
 

@@ -15,18 +15,16 @@ next batch, resumable.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from xtune._runtime import NATIVE_LOG
+
 CHILD_ENV = "XTUNE_SEARCH_CHILD"
 MAX_DEATHS = 3
-# TensorFlow's C++ start-up lines ("I0000 00:00:...", "WARNING: All log messages before
-# absl::InitializeLog()..."): written before any log level applies, so filtered here.
-_CPP_LOG = re.compile(r"^([IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::)")
 
 
 def in_child() -> bool:
@@ -80,7 +78,7 @@ def supervise(first_args: list[str], resume_args: list[str], project: Path, echo
         def pump(stream, out, filtered):
             for line in stream:
                 line = line.rstrip("\n")
-                if not (filtered and not debug and _CPP_LOG.match(line)):
+                if not (filtered and not debug and NATIVE_LOG.match(line)):
                     out(line)
 
         pumps = [threading.Thread(target=pump, args=(proc.stdout, echo, False), daemon=True),

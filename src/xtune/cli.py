@@ -35,6 +35,9 @@ class _Group(click.Group):
 def _quiet_tensorflow() -> None:
     # TensorFlow's C++ start-up chatter is not for users; real errors still surface.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from xtune._runtime import filter_native_stderr
+
+    filter_native_stderr()
 
 
 def _echo_table(rows: list[dict], columns: list[str] | None = None) -> None:
