@@ -135,3 +135,14 @@ def test_reload_ends_a_trial_whose_end_was_half_written(tmp_path):
     nxt = fresh.create_trial("tuner0")
     assert nxt.trial_id == "0003"  # 0002 is not re-run
     assert fresh.get_trial("0002").status == TS.COMPLETED
+
+
+def test_the_first_trial_is_the_default_configuration(tmp_path):
+    from xtune.spaces import PRESETS
+
+    oracle = make_oracle(tmp_path, hyperband_plan(10, 4, 3), space="default")
+    first = oracle.create_trial("tuner0")
+    values = {k: v for k, v in first.hyperparameters.values.items() if not k.startswith("tuner/")}
+    assert values == PRESETS["seed"].to_dict()  # the book's model is always measured
+    second = oracle.create_trial("tuner1")
+    assert {k: v for k, v in second.hyperparameters.values.items() if not k.startswith("tuner/")} != values

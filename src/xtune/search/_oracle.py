@@ -8,6 +8,9 @@ Differences from ``keras_tuner.oracles.HyperbandOracle`` (1.4.8), each for a rea
   trials and waits for a full round, so one failure in a round can leave a bracket
   that never reaches ``max_epochs``; here the next round promotes the best of the
   completed trials, and a round with nothing to promote ends its bracket.
+* The first trial is the space's default configuration (the book's model, unless a
+  space file moves the defaults), so every search measures the seed and only picks
+  something else by beating it; the random draws start with the second trial.
 * ``tuner/bracket`` is the trial's own bracket (upstream labels promotions with the
   current bracket).
 * ``reload`` repairs what a kill between two state writes leaves: a trial created but
@@ -132,6 +135,16 @@ class PlannedHyperbandOracle(HyperbandOracle):
         self._increment_bracket_num()
         self._start_new_bracket()
         return self._random_trial(trial_id, self._brackets[-1])
+
+    def _random_values(self):
+        if self.trials:
+            return super()._random_values()
+        # The first trial is the space's default configuration (the book's model in the
+        # full family): the search always measures it, and can only pick something
+        # else by beating it. The draws of the seeded sampler start with the second.
+        hps = self.hyperparameters.copy()
+        hps.ensure_active_values()
+        return {name: value for name, value in hps.values.items() if hps.is_active(name)}
 
     def _random_trial(self, trial_id, bracket):
         response = super()._random_trial(trial_id, bracket)

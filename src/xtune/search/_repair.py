@@ -136,7 +136,8 @@ def _oracle_from_trials(trials: dict, plan: HyperbandPlan, seed: int, space_conf
         values = trials[trial_id]["hyperparameters"]["values"]
         number, round_num = values.get("tuner/bracket"), values.get("tuner/round", 0)
         if round_num == 0:
-            seed_state += len([k for k in values if not k.startswith("tuner/")])
+            if trial_id != ids[0]:  # the first trial is the default configuration: no draws
+                seed_state += len([k for k in values if not k.startswith("tuner/")])
             if (not brackets or brackets[-1]["bracket_num"] != number
                     or len(brackets[-1]["rounds"][0]) >= round_size(plan.max_epochs, plan.factor, number, 0)):
                 brackets.append({"bracket_num": number, "rounds": [[] for _ in range(number + 1)]})
