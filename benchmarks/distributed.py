@@ -23,23 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.images import make_image_folder  # noqa: E402  (run from the repository root)
+
 RESULT = Path(__file__).parent / "results" / "distributed.json"
 
 
 def make_images(folder: Path, per_class: int = 48, size: int = 32, seed: int = 0) -> Path:
-    """Two learnable classes of small PNGs: a bright band at the top or at the bottom."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(("top", "bottom")):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            rows = slice(0, size // 2) if label == 0 else slice(size // 2, size)
-            img[rows] = rng.integers(170, 255, (size // 2, size, 3), dtype=np.uint8)
-            Image.fromarray(img).save(folder / name / f"{i:03d}.png")
-    return folder
+    """Two learnable classes of small PNGs (a bright band at the top or at the bottom)."""
+    return make_image_folder(folder, per_class=per_class, size=size, seed=seed)
 
 
 def machine() -> dict:

@@ -32,22 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from tests.images import make_image_folder  # noqa: E402
+
 PHASES = ("first trial", "between trials", "inside an epoch", "during a state write")
 
 
 def make_images(folder: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
-    """Two learnable classes of tiny PNGs: bright top half vs bright bottom half."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(("top", "bottom")):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            rows = slice(0, size // 2) if label == 0 else slice(size // 2, size)
-            img[rows] = rng.integers(170, 255, (size // 2, size, 3), dtype=np.uint8)
-            Image.fromarray(img).save(folder / name / f"{i:03d}.png")
-    return folder
+    """Two learnable classes of small PNGs (a bright band at the top or at the bottom)."""
+    return make_image_folder(folder, per_class=per_class, size=size, seed=seed)
 
 
 def search_command(data: Path, project: Path, data_dir: Path, args) -> list[str]:

@@ -43,7 +43,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder, so a rename in it survives a crash of the machine."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - not every platform can open a folder
@@ -84,7 +85,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", _pause_before_rename:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

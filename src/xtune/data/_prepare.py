@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xtune import __version__
+from xtune import _atomic
 from xtune.data import _store
 from xtune.data._scan import (
     KEPT_GRAY,
@@ -246,7 +247,7 @@ def prepare_data(
             record = _build(src, settings, tmp, root_dir, archive, progress)
             record.update(source=src.text, settings={**settings, **record.get("settings", {})}, format=FORMAT,
                           xtune_version=__version__, prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            _store.write_json_atomic(tmp / _store.MARKER, record)  # last: marks the copy complete
+            _atomic.write_json(tmp / _store.MARKER, record, indent=1)  # last: marks the copy complete
             _store.swap_into_place(tmp, final)
         except OSError as error:
             _store.remove(tmp)

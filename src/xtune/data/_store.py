@@ -23,6 +23,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from xtune import _atomic
 from xtune.errors import DataError
 
 MARKER = "prepared.json"
@@ -103,15 +104,6 @@ def remove(path: Path) -> None:
             path.unlink()
 
 
-def fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def swap_into_place(tmp: Path, final: Path) -> None:
     """Rename the complete ``tmp`` folder to ``final``, replacing what is there."""
     old = None
@@ -119,25 +111,9 @@ def swap_into_place(tmp: Path, final: Path) -> None:
         old = final.parent / f"{OLD_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    _atomic.fsync_dir(final.parent)
     if old is not None:
         remove(old)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, rename it over."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_marker(folder: Path) -> dict | None:
