@@ -207,7 +207,8 @@ def export_model(
     seed = trial_seed(settings.seed, trial.trial_id) if trial is not None else settings.seed
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    model = compile_model(build_model(config, input_shape, len(names)), config)
+    # Built as the search built it (its checkpoints load by layer name); exported as the book writes it.
+    model = compile_model(build_model(config, input_shape, len(names), strided_projection=False), config)
     started = time.monotonic()
     if retrain:
         train_data, steps = _training_stream(splits, train_on, settings)

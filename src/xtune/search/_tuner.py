@@ -35,10 +35,11 @@ from xtune.search._callbacks import (
 
 TRIAL_RECORD = "xtune.json"
 CRASHES_PER_TRIAL = 2
-# Seen on this project's 2-core AMD EPYC CPU: a oneDNN kernel corrupts the heap for some
-# trials (SIGSEGV, "free(): invalid next size"); turning oneDNN off avoids it, at 1.5-3x
-# slower CPU training, so it is only a hint.
-_CRASH_HINT = "; on a CPU, TF_ENABLE_ONEDNN_OPTS=0 avoids a known oneDNN crash"
+# TensorFlow 2.21's oneDNN CPU kernels have corrupted the heap here (SIGSEGV, "corrupted
+# size vs. prev_size"). The one found, the filter gradient of a strided 1x1 conv on odd
+# batches, is avoided by the builder (strided_projection=False); for any other, turning
+# oneDNN off is the user's way out, at 1.5-3x slower CPU training, so it is only a hint.
+_CRASH_HINT = "; on a CPU, TF_ENABLE_ONEDNN_OPTS=0 rules out a crash inside TensorFlow's oneDNN kernels"
 # Errors that would happen again: the trial fails at once. Anything else (TensorFlow
 # runtime errors, device errors, out of memory) gets one more run, from its backup.
 _DETERMINISTIC = (kt_errors.FailedTrialError, ValueError, TypeError, KeyError, NotImplementedError, AttributeError)

@@ -23,6 +23,7 @@ def build_model(
     num_classes: int = 2,
     *,
     augmentation: bool = True,
+    strided_projection: bool = True,
     name: str = "mini_xception",
 ):
     """Build one member of the mini-Xception family.
@@ -39,6 +40,13 @@ def build_model(
         num_classes: Two classes give one sigmoid unit; more give a softmax.
         augmentation: Include the config's random flip/rotation/zoom layers (active
             in training only). Inference models for export are built without them.
+        strided_projection: The residual projection as the book writes it, a 1x1
+            ``Conv2D`` with stride 2. ``False`` computes the same function as a 1x1
+            stride-2 subsampling (``stage{i}_subsample``, a 1x1 max pool, no weights)
+            followed by a 1x1 stride-1 ``Conv2D``: TensorFlow 2.21's oneDNN kernel for
+            the filter gradient of a strided 1x1 convolution corrupts the heap on odd
+            batch sizes (a last partial batch, say), so the models xtune *trains* are
+            built this way. Weights are the same and transfer by layer name.
         name: The model's name.
 
     Returns:
@@ -81,7 +89,12 @@ def build_model(
             x = conv_cls(filters, config.kernel_size, padding="same", use_bias=bias, name=f"stage{i}_{conv_name}{j}")(x)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"stage{i}_pool")(x)
         if config.residual:
-            residual = layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False, name=f"stage{i}_project")(residual)
+            stride = 2
+            if not strided_projection:
+                residual = layers.MaxPooling2D(1, strides=2, padding="same", name=f"stage{i}_subsample")(residual)
+                stride = 1
+            residual = layers.Conv2D(filters, 1, strides=stride, padding="same", use_bias=False,
+                                     name=f"stage{i}_project")(residual)
             x = layers.add([x, residual], name=f"stage{i}_add")
 
     # Head.

@@ -69,4 +69,4 @@ class MiniXceptionHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         config = sample_config(hp, self.space)
-        return compile_model(build_model(config, self.input_shape, self.num_classes), config)
+        return compile_model(build_model(config, self.input_shape, self.num_classes, strided_projection=False), config)
