@@ -6,16 +6,33 @@
 
 Each benchmark writes ``benchmarks/results/<name>.json``; the table is rebuilt from
 those files, so it always shows the latest figures and the machine they came from.
+
+Each runs in its own process. TensorFlow 2.21's oneDNN kernels occasionally corrupt
+the heap on some CPUs (the process dies on a signal; ``tune search`` survives this
+through its supervisor, an in-process benchmark cannot), so a benchmark killed by a
+signal is run again, at most twice, and the retry is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import subprocess
 import sys
 
 # In the order `make bench` runs them (quick first).
 BENCHMARKS = ["startup", "pipeline", "search_costs", "quality", "distributed"]
+
+
+def _run(name: str, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        print(f"== {name}" + (f" (attempt {attempt}, the last one died on a signal)" if attempt > 1 else ""),
+              flush=True)
+        rc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"]).returncode
+        if rc == 0:
+            return
+        if rc > 0 and rc != 134:  # an ordinary failure: a bug to see, not to retry
+            sys.exit(f"benchmark {name} failed (exit {rc})")
+    sys.exit(f"benchmark {name} died on a signal {attempts} times")
 
 
 def main(argv=None) -> int:
@@ -27,8 +44,7 @@ def main(argv=None) -> int:
         for name in args.names or BENCHMARKS:
             if name not in BENCHMARKS:
                 parser.error(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
-            print(f"== {name}", flush=True)
-            importlib.import_module(f"benchmarks.{name}").main([])
+            _run(name)
     from benchmarks.report import update_readme
 
     update_readme()

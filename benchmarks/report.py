@@ -57,22 +57,62 @@ def rows() -> list[str]:
             out.append(_row(row["what"], row["figure"], row["baseline"], row["ratio"], row.get("goal", "-"),
                             "python -m benchmarks quality"))
     if (r := _load("distributed")):
-        for row in r.get("table", []):
-            out.append(_row(row["what"], row["figure"], row["baseline"], row["ratio"], row.get("goal", "-"),
-                            "python -m benchmarks distributed"))
+        plan, tph = r["plan"], r["trials_per_hour"]
+        out.append(_row(f"trials per hour, 2 worker processes vs 1 on one machine ({plan['trials']}-trial plan, "
+                        f"{plan['image_size']} px; 2 cores: 1 thread per worker vs 2)",
+                        f"{tph['2']:,}/h", f"{tph['1']:,}/h", f"{r['ratio_2_to_1']:.2f}x", "> 1",
+                        "python -m benchmarks distributed"))
+    if (r := _load("bn_reestimation")):
+        for preset, n in dict.fromkeys((x["preset"], x["train_images"]) for x in r["results"]):
+            runs = [x for x in r["results"] if (x["preset"], x["train_images"]) == (preset, n)]
+            after = [next(v for k, v in x.items() if k.startswith("after, as tune export"))["test_accuracy"]
+                     for x in runs]
+            before = [x["before"]["test_accuracy"] for x in runs]
+            b, a = sum(before) / len(before), sum(after) / len(after)
+            out.append(_row(f"batch-norm re-estimation in `tune export`, preset {preset}, {runs[0]['train_images']} "
+                            f"training images ({len(runs)} seeds): test accuracy after vs before",
+                            f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x", ">= 1",
+                            "python -m benchmarks.bn_reestimation"))
+    if (r := _load("gpu_jax")):
+        card = ", ".join(dict.fromkeys(r["devices"]))
+        for batch, row in r["throughput_images_per_s"].items():
+            out.append(_row(f"GPU ({card}), Keras on JAX: the book's model at {r['image_size']} px, batch {batch}, "
+                            "images/s mixed bfloat16 vs float32", f"{row['mixed_bfloat16']:,.0f}/s",
+                            f"{row['float32']:,.0f}/s", f"{row['speedup_bf16']:.2f}x", "> 1",
+                            "python -m benchmarks.gpu_jax"))
+    else:
+        out.append(_row("GPU throughput and search (`benchmarks/gpu_jax.py`, Keras on JAX)",
+                        "not measured: no GPU was lent to the sessions that built this", "-", "-", "-",
+                        "python -m benchmarks.gpu_jax"))
     return out
 
 
-def table() -> str:
-    machines = set()
+def _machines() -> str:
+    """Each machine the results came from (CPU, cores, GPUs), once, with the dates of its runs."""
+    seen: dict[tuple, dict] = {}
     for path in sorted(RESULTS.glob("*.json")):
         m = json.loads(path.read_text()).get("machine") or {}
-        if m:
-            machines.add(f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB, no GPU"
-                         f" (TensorFlow {m.get('versions', {}).get('tensorflow')}), {m.get('date', '')[:10]}")
+        if not m:
+            continue
+        key = (m.get("cpu") or "unknown CPU", m.get("cores"), tuple(m.get("gpus") or ()))
+        entry = seen.setdefault(key, {"memory_gb": None, "versions": {}, "dates": set()})
+        entry["memory_gb"] = entry["memory_gb"] or m.get("memory_gb")
+        entry["versions"].update(m.get("versions") or {})
+        if m.get("date"):
+            entry["dates"].add(m["date"][:10])
+    out = []
+    for (cpu, cores, gpus), e in seen.items():
+        parts = [cpu] + ([f"{cores} cores"] if cores else []) + ([f"{e['memory_gb']} GB"] if e["memory_gb"] else [])
+        parts.append(", ".join(gpus) or "no GPU")
+        libs = ", ".join(f"{k} {v}" for k, v in e["versions"].items())
+        out.append(", ".join(parts) + (f" ({libs})" if libs else "") + f", {', '.join(sorted(e['dates']))}")
+    return "; ".join(out)
+
+
+def table() -> str:
     lines = ["| what | figure | baseline (same run) | ratio | goal | command |", "|---|---|---|---|---|---|", *rows()]
     lines.append("")
-    lines.append("Machine: " + "; ".join(sorted(machines)))
+    lines.append("Machine: " + _machines())
     return "\n".join(lines)
 
 
