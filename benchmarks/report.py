@@ -44,9 +44,16 @@ def rows() -> list[str]:
             out.append(_row(f"search time outside training epochs ({o['trials']} trials, 32 px)",
                             f"{o['overhead_share']:.1%} of {o['wall_s']:.0f} s", "-", f"largest part: {top}",
                             o["goal"], "python -m benchmarks search_costs"))
-            out.append(_row(f"RSS after each of {o['trials']} trials: last vs fifth", f"{o['rss_mb_after_each_trial'][-1]:.0f} MB",
-                            f"{o['rss_mb_after_each_trial'][min(4, len(o['rss_mb_after_each_trial']) - 1)]:.0f} MB",
+            rss = o["rss_mb_after_each_trial"]
+            out.append(_row(f"RSS after each of {o['trials']} trials, in one process (`run_search`, no restarts): "
+                            "last vs fifth", f"{rss[-1]:.0f} MB", f"{rss[min(4, len(rss) - 1)]:.0f} MB",
                             f"{o['rss_last_over_fifth']:.3f}", "<= 1.2", "python -m benchmarks search_costs"))
+        if (m := r.get("supervised_memory")):
+            rss = m["rss_mb_after_each_trial"]
+            out.append(_row(f"RSS after each of {m['trials']} trials of `tune search` (restarts its process when "
+                            f"memory grows {m['recycle_mb']:.0f} MB: {m['restarts']} restart(s)): last vs fifth",
+                            f"{rss[-1]:.0f} MB", f"{rss[min(4, len(rss) - 1)]:.0f} MB",
+                            f"{m['rss_last_over_fifth']:.3f}", "<= 1.2", "python -m benchmarks search_costs"))
         if (b := r.get("epoch_backups")):
             out.append(_row("per-epoch backups (mid-trial resume): search wall time with vs without",
                             f"{sum(b['with_backups_s']) / len(b['with_backups_s']):.0f} s",

@@ -2,7 +2,9 @@
 
 A search survives a kill by design (atomic state, per-epoch backups), so a process
 that dies of a signal (a crash inside TensorFlow, the out-of-memory killer) is simply
-started again: it resumes at the trial's last completed epoch. A trial that kills the
+started again: it resumes at the trial's last completed epoch. So is a process that
+ended itself between trials because TensorFlow's memory grew past ``XTUNE_RECYCLE_MB``
+(exit code ``RECYCLE_EXIT``). A trial that kills the
 process twice from the same epoch is failed by the tuner (see ``_tuner.run_trial``),
 so crashes cannot loop forever; three deaths in a row that saved nothing stop here.
 
@@ -25,6 +27,19 @@ from xtune._runtime import NATIVE_LOG
 
 CHILD_ENV = "XTUNE_SEARCH_CHILD"
 MAX_DEATHS = 3
+# The child's exit code for "my memory grew too much: resume me in a fresh process".
+RECYCLE_EXIT = 75
+RECYCLE_ENV = "XTUNE_RECYCLE_MB"
+RECYCLE_MB = 256.0
+
+
+def recycle_mb() -> float:
+    """How many MB a supervised search process may grow after its first trial before it
+    ends between trials and is resumed fresh (``XTUNE_RECYCLE_MB``, default 256)."""
+    try:
+        return float(os.environ.get(RECYCLE_ENV, RECYCLE_MB))
+    except ValueError:
+        return RECYCLE_MB
 
 
 def in_child() -> bool:
@@ -96,6 +111,9 @@ def supervise(first_args: list[str], resume_args: list[str], project: Path, echo
                 signal.signal(s, handler)
         for t in pumps:
             t.join()
+        if code == RECYCLE_EXIT:  # ended between trials to release memory: not a death
+            deaths, args = 0, resume_args
+            continue
         if code >= 0 or -code in (signal.SIGINT, signal.SIGTERM):
             return code if code >= 0 else 128 - code
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"

@@ -430,7 +430,11 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
         from xtune.search import run_search
 
         outcome = run_search(project, given, space_ref=space_ref, data_dir=data_dir, archive=archive, overwrite=overwrite,
-                             progress=printer, mixed_precision=mixed_precision, strategy=strategy)
+                             progress=printer, mixed_precision=mixed_precision, strategy=strategy,
+                             recycle_mb=_supervisor.recycle_mb() if _supervisor.in_child() else None)
+    if outcome.status == "recycle":
+        click.echo(f"Continuing in a fresh process to release memory ({outcome.message}).")
+        ctx.exit(_supervisor.RECYCLE_EXIT)
     _echo_outcome(outcome)
     if outcome.status == "interrupted":
         ctx.exit(130)

@@ -292,3 +292,24 @@ def test_a_trial_that_crashes_the_process_is_resumed_then_failed(image_folder, d
     first = load_project(project).trials[0]
     assert first.status == "FAILED"
     assert "the process died 2 times while training this trial from epoch 1" in first.record["reason"]
+
+
+def test_a_search_whose_memory_grows_continues_in_a_fresh_process(image_folder, data_dir, tmp_path):
+    """TensorFlow keeps memory of every model a process trains: past XTUNE_RECYCLE_MB of
+    growth, the search ends its process between trials and goes on in a fresh one."""
+    project = tmp_path / "recycled"
+    env = dict(os.environ, XTUNE_RECYCLE_MB="0", TF_CPP_MIN_LOG_LEVEL="3")  # 0: after every trial
+    args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
+            "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "3",
+            "--max-epochs", "2", "--seed", "3"]
+    out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    state = load_project(project)
+    recycles = out.stdout.count("Continuing in a fresh process to release memory")
+    # Every trial but the last ends its process; each trial ran once, in order.
+    assert recycles == len(state.trials) - 1 >= 1, out.stdout
+    assert out.stdout.count("Resuming ") == recycles
+    assert all(t.status == "COMPLETED" for t in state.trials)
+    assert [t.trial_id for t in state.trials] == sorted({t.trial_id for t in state.trials})
+    assert f"Search finished: {len(state.trials)} trials ({len(state.trials)} completed, 0 failed)" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr

@@ -19,6 +19,11 @@ class SearchInterrupted(kt_errors.FatalError):
     """Ctrl-C or SIGTERM: stop the search, leave the current trial resumable."""
 
 
+class RecycleProcess(kt_errors.FatalError):
+    """Between trials, the process's memory has grown past its budget: end it, so that the
+    supervisor resumes the search in a fresh process (state is saved; nothing is lost)."""
+
+
 class TooManyFailures(kt_errors.FatalError):
     """Too many trials failed in a row: stop the search (state saved)."""
 

@@ -42,13 +42,14 @@ class SearchOutcome:
     Attributes:
         project: The search directory.
         status: "finished" (the plan is done), "already finished", "interrupted"
-            (Ctrl-C / SIGTERM; resumable) or "stopped" (too many failures, disk full;
-            resumable once fixed).
+            (Ctrl-C / SIGTERM; resumable), "stopped" (too many failures, disk full;
+            resumable once fixed) or "recycle" (memory grew past ``recycle_mb``
+            between trials: resume it in a fresh process).
         plan: The plan.
         resumed: Whether an existing search was resumed.
         completed, failed: Trials of the whole search, by status.
         best: ``{"trial_id", "score", "values"}`` of the best trial, or None.
-        message: Why it stopped (for "stopped").
+        message: Why it stopped (for "stopped" and "recycle").
         notes: Repairs made to damaged state files, one line each.
         interrupted_trial: ``{"trial_id", "epochs_saved"}`` when interrupted mid-trial.
         resume: The command that resumes it, when it differs from the plain
@@ -255,6 +256,7 @@ def run_search(
     stop_event: threading.Event | None = None,
     strategy: str | None = None,
     chief=None,
+    recycle_mb: float | None = None,
 ) -> SearchOutcome:
     """Start or resume the search in ``project`` and run it until its plan is done.
 
@@ -280,6 +282,9 @@ def run_search(
         chief: Serve the search to workers instead of running trials here: an object
             with ``serve(tuner, stop_event)`` (``xtune.search._distributed.ChiefServer``).
             It trains nothing, so devices are left alone.
+        recycle_mb: Return with status "recycle" between trials once this process's
+            RSS is this many MB above its level after its first trial (see
+            ``SearchTuner``); only for a caller that resumes it in a new process.
 
     Returns:
         A ``SearchOutcome``.
@@ -328,13 +333,13 @@ def run_search(
         tracker({"event": "search_start", "project": str(project), "resumed": resumed, "plan": plan.to_dict(),
                  "settings": settings.to_dict(), "devices": devices, "notes": notes,
                  "completed": prior.completed if prior else 0, "failed": prior.failed if prior else 0})
-        from xtune.search._callbacks import DiskFull, SearchInterrupted, TooManyFailures
+        from xtune.search._callbacks import DiskFull, RecycleProcess, SearchInterrupted, TooManyFailures
 
         try:
             tuner = make_tuner(project, settings, space, splits, resume=resumed, emit=tracker,
                                stop_event=stop_event, epoch_backups=epoch_backups, tensorboard=tensorboard,
                                max_consecutive_failures=settings.max_consecutive_failures,
-                               distribution_strategy=strategy_obj)
+                               distribution_strategy=strategy_obj, recycle_mb=recycle_mb)
             with _stop_on_signals(stop_event):
                 if chief is not None:
                     chief.serve(tuner, stop_event)
@@ -347,6 +352,8 @@ def run_search(
             return outcome
         except TooManyFailures as error:
             return _outcome(project, "stopped", plan, resumed, notes, message=str(error))
+        except RecycleProcess as error:
+            return _outcome(project, "recycle", plan, resumed, notes, message=str(error))
         except DiskFull as error:
             raise ProjectError(f"{error}; free some space and run the same command to resume") from None
         except OSError as error:

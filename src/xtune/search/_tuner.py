@@ -24,6 +24,7 @@ from xtune.search._callbacks import (
     EpochEvents,
     EpochState,
     FailOnNaN,
+    RecycleProcess,
     ReseedEachEpoch,
     SearchInterrupted,
     StopOnRequest,
@@ -73,11 +74,17 @@ class SearchTuner(keras_tuner.Tuner):
             what it costs.
         tensorboard: Log each trial to ``logs/<trial_id>`` with its hyperparameters.
         max_consecutive_failures: Stop after this many failed trials in a row.
+        recycle_mb: End the process (``RecycleProcess``) between trials once its RSS
+            is this many MB above what it was after its first trial, and trials
+            remain. TensorFlow keeps memory of every model built and trained in a
+            process (``clear_session`` and ``gc`` do not return it), so a supervised
+            search restarts itself instead of growing without bound. ``None``: never.
     """
 
     def __init__(self, oracle, hypermodel, project_dir: Path, splits, *, seed: int, emit=None,
                  stop_event: threading.Event | None = None, epoch_backups: bool = True,
-                 tensorboard: bool = True, max_consecutive_failures: int = 10, **kwargs):
+                 tensorboard: bool = True, max_consecutive_failures: int = 10, recycle_mb: float | None = None,
+                 **kwargs):
         self.splits = splits
         self.seed = seed
         self.emit = emit or (lambda event: None)
@@ -86,6 +93,8 @@ class SearchTuner(keras_tuner.Tuner):
         self.tensorboard = tensorboard and keras.backend.backend() == "tensorflow"
         self.max_consecutive_failures = max_consecutive_failures
         self._consecutive_failures = 0
+        self.recycle_mb = recycle_mb
+        self._rss_base = None
         project_dir = Path(project_dir)
         self.reloaded = (project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json").exists()
         # KerasTuner prints "Reloading Tuner from ..."; the CLI reports resumes itself.
@@ -137,6 +146,7 @@ class SearchTuner(keras_tuner.Tuner):
             return
         record["status"] = ended.status
         record["seconds"] = record.get("seconds_before", 0.0) + record.get("seconds_run", 0.0)
+        record["rss_mb_after"] = None if (rss := rss_mb()) is None else round(rss, 1)  # memory, for benchmarks
         _atomic.write_json(record_path, record)
         shutil.rmtree(self.backup_dir(trial.trial_id), ignore_errors=True)
         self.emit({"event": "trial_end", "trial_id": trial.trial_id, "status": ended.status,
@@ -150,6 +160,17 @@ class SearchTuner(keras_tuner.Tuner):
                 )
         else:
             self._consecutive_failures = 0
+        self._maybe_recycle()
+
+    def _maybe_recycle(self) -> None:
+        if self.recycle_mb is None or (rss := rss_mb()) is None:
+            return
+        if self._rss_base is None:
+            self._rss_base = rss
+        grown = rss - self._rss_base
+        if grown >= self.recycle_mb and not self.oracle.is_finished():
+            self.emit({"event": "recycle", "rss_mb": round(rss), "grown_mb": round(grown)})
+            raise RecycleProcess(f"memory grew by {grown:.0f} MB since the first trial of this process")
 
     # -- one trial -------------------------------------------------------------------
 
@@ -269,6 +290,18 @@ class SearchTuner(keras_tuner.Tuner):
             keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
             hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=trial.trial_id),
         ]
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _restore(model, weights_path) -> None:
