@@ -48,6 +48,12 @@ def rows() -> list[str]:
             out.append(_row(f"RSS after each of {o['trials']} trials, in one process (`run_search`, no restarts): "
                             "last vs fifth", f"{rss[-1]:.0f} MB", f"{rss[min(4, len(rss) - 1)]:.0f} MB",
                             f"{o['rss_last_over_fifth']:.3f}", "<= 1.2", "python -m benchmarks search_costs"))
+        if (k := r.get("keras_memory")):
+            rss = k["rss_mb_after_each_cycle"]
+            out.append(_row(f"the cause, without xtune: RSS after each of {k['cycles']} bare Keras build + fit + "
+                            "`clear_session()` + `gc.collect()` cycles: last vs fifth", f"{rss[-1]:.0f} MB",
+                            f"{rss[4]:.0f} MB", f"{k['rss_last_over_fifth']:.3f}", "-",
+                            "python -m benchmarks search_costs"))
         if (m := r.get("supervised_memory")):
             rss = m["rss_mb_after_each_trial"]
             out.append(_row(f"RSS after each of {m['trials']} trials of `tune search` (restarts its process when "

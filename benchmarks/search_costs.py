@@ -17,6 +17,9 @@ On the demo digits (1,797 real images, 32 px), all in one run:
   XTUNE_RECYCLE_MB (default 256 MB); RSS after each trial read from the trial records,
   against the in-process run of "overhead" (no restarts). Goal: the last trial's RSS
   within 20 % of the fifth's.
+- keras_memory: the baseline for "memory": RSS after each of 30 cycles of a bare
+  Keras build + fit (2 epochs) + ``clear_session()`` + ``gc.collect()`` of the same
+  space's models, no xtune search code: how much TensorFlow itself keeps per model.
 - backups: the same small plan with and without per-epoch backups, alternated; the
   ratio of wall times is what mid-trial resume costs.
 """
@@ -205,6 +208,35 @@ def supervised_memory(data_dir: Path, work: Path, trials: int = 30) -> dict:
     }
 
 
+def keras_memory(splits, cycles: int = 30) -> dict:
+    """RSS after each bare build + fit + clear_session + gc of the small space's models."""
+    import gc
+
+    import keras
+    import keras_tuner
+
+    from xtune.spaces import MiniXceptionHyperModel, load_space
+
+    hypermodel = MiniXceptionHyperModel((IMAGE_SIZE, IMAGE_SIZE, 3), len(splits.class_names), load_space("small"))
+    rss = []
+    for i in range(cycles):
+        keras.backend.clear_session()
+        gc.collect()
+        hp = keras_tuner.HyperParameters()
+        if i:  # a random member, as a search draws them (the first: the space's default)
+            hypermodel.build(hp)
+            for p in hp.space:
+                hp.values[p.name] = p.random_sample(i)
+        model = hypermodel.build(hp)
+        model.fit(splits.train(), steps_per_epoch=splits.steps_per_epoch, validation_data=splits.validation,
+                  epochs=2, verbose=0)
+        del model
+        gc.collect()
+        rss.append(round(rss_mb(), 1))
+    return {"cycles": cycles, "epochs_each": 2, "rss_mb_after_each_cycle": rss,
+            "rss_last_over_fifth": round(rss[-1] / rss[4], 3)}
+
+
 def backup_cost(splits, data_info, work: Path, rounds: int = 2) -> dict:
     """Wall time of the same plan with and without per-epoch backups, alternated."""
     with_b, without = [], []
@@ -224,7 +256,7 @@ def backup_cost(splits, data_info, work: Path, rounds: int = 2) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="loop,overhead,memory,backups")
+    parser.add_argument("--only", default="loop,overhead,memory,keras_memory,backups")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -241,11 +273,13 @@ def main(argv=None) -> dict:
             result["search_overhead"] = search_overhead(splits, data_info, work, args.trials)
         if "memory" in wanted:
             result["supervised_memory"] = supervised_memory(data_dir, work, args.trials)
+        if "keras_memory" in wanted:
+            result["keras_memory"] = keras_memory(splits, args.trials)
         if "backups" in wanted:
             result["epoch_backups"] = backup_cost(splits, data_info, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if wanted != {"loop", "overhead", "memory", "backups"}:  # a partial run keeps the other parts' figures
+    if wanted != {"loop", "overhead", "memory", "keras_memory", "backups"}:  # a partial run keeps the other parts' figures
         import json
 
         previous = Path(__file__).parent / "results" / "search_costs.json"
