@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -344,7 +345,15 @@ def run_search(
                 if chief is not None:
                     chief.serve(tuner, stop_event)
                 else:
-                    tuner.search(verbose=0)
+                    # What exists now (TensorFlow, Keras, the data) lives as long as the
+                    # process: out of the collector's sight, the full collection that
+                    # clear_session runs between trials only scans what trials made.
+                    gc.collect()
+                    gc.freeze()
+                    try:
+                        tuner.search(verbose=0)
+                    finally:
+                        gc.unfreeze()  # collectable again once the search is over
         except SearchInterrupted:
             outcome = _outcome(project, "interrupted", plan, resumed, notes)
             running = [t for t in _running_trials(project)]
