@@ -56,11 +56,11 @@ def write_result(name: str, payload: dict) -> Path:
 
 
 def rss_mb() -> float:
-    """Resident memory of this process (MB), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of this process (MB), as the search records it; NaN if unknown."""
+    from xtune._runtime import rss_mb as measured
+
+    rss = measured()
+    return float("nan") if rss is None else rss
 
 
 def median(values) -> float:

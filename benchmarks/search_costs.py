@@ -72,6 +72,13 @@ def _search(project: Path, splits, data_info, given: dict, space, **kwargs) -> t
     return recorder, time.monotonic() - start
 
 
+def _rss_growth(rss: list[float]) -> dict:
+    """The memory goal's figures: the last and the highest RSS over the fifth's."""
+    fifth = rss[4] if len(rss) >= 5 else rss[0]
+    return {"rss_last_over_fifth": round(rss[-1] / fifth, 3), "rss_max_over_fifth": round(max(rss[4:] or rss) / fifth, 3),
+            "rss_goal": "last within 20 % of the fifth"}
+
+
 def _epoch_cycles(events) -> list[float]:
     """Wall time between consecutive epoch ends of a trial (epochs after its first)."""
     cycles, last = [], {}
@@ -162,7 +169,6 @@ def search_overhead(splits, data_info, work: Path, trials: int = 30) -> dict:
              "end of trial (last saves, records, oracle)": after, "tuner bookkeeping between trials": between,
              "start-up (tuner, state)": startup}
     rss = recorder.rss
-    fifth, last = (rss[4], rss[-1]) if len(rss) >= 5 else (rss[0], rss[-1])
     shutil.rmtree(project, ignore_errors=True)
     return {
         "trials": len(ends), "image_size": IMAGE_SIZE, "space": "small", "wall_s": round(wall, 1),
@@ -172,8 +178,7 @@ def search_overhead(splits, data_info, work: Path, trials: int = 30) -> dict:
         "unaccounted_s": round(outside - sum(parts.values()), 1),
         "goal": "< 0.10",
         "rss_mb_after_each_trial": rss,
-        "rss_last_over_fifth": round(last / fifth, 3),
-        "rss_goal": "last within 20 % of the fifth",
+        **_rss_growth(rss),
     }
 
 
@@ -196,15 +201,12 @@ def supervised_memory(data_dir: Path, work: Path, trials: int = 30) -> dict:
     records = [t.record for t in load_project(project).trials]
     ended = sorted((r for r in records if r.get("rss_mb_after")), key=lambda r: r["trial_id"])
     rss = [r["rss_mb_after"] for r in ended]
-    fifth, last = (rss[4], rss[-1]) if len(rss) >= 5 else (rss[0], rss[-1])
     shutil.rmtree(project, ignore_errors=True)
     return {
         "trials": len(rss), "wall_s": round(wall, 1),
         "restarts": done.stdout.count("Continuing in a fresh process"),
         "recycle_mb": float(os.environ.get("XTUNE_RECYCLE_MB", 256)),
-        "rss_mb_after_each_trial": rss, "rss_last_over_fifth": round(last / fifth, 3),
-        "rss_max_over_fifth": round(max(rss[4:] or rss) / fifth, 3),
-        "rss_goal": "last within 20 % of the fifth",
+        "rss_mb_after_each_trial": rss, **_rss_growth(rss),
     }
 
 
@@ -233,8 +235,7 @@ def keras_memory(splits, cycles: int = 30) -> dict:
         del model
         gc.collect()
         rss.append(round(rss_mb(), 1))
-    return {"cycles": cycles, "epochs_each": 2, "rss_mb_after_each_cycle": rss,
-            "rss_last_over_fifth": round(rss[-1] / rss[4], 3)}
+    return {"cycles": cycles, "epochs_each": 2, "rss_mb_after_each_cycle": rss, **_rss_growth(rss)}
 
 
 def backup_cost(splits, data_info, work: Path, rounds: int = 2) -> dict:

@@ -145,3 +145,15 @@ def distribution_strategy(name: str | None):
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

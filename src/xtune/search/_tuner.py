@@ -17,6 +17,7 @@ from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.engine import tuner as tuner_module
 
 from xtune import _atomic
+from xtune._runtime import rss_mb
 from xtune.search._callbacks import (
     AbortAt,
     DiskFull,
@@ -289,18 +290,6 @@ class SearchTuner(keras_tuner.Tuner):
             keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
             hparams_api.KerasCallback(writer=logdir, hparams=hparams, trial_id=trial.trial_id),
         ]
-
-
-def rss_mb() -> float | None:
-    """This process's resident memory in MB (Linux), or None where it cannot be read."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _restore(model, weights_path) -> None:
