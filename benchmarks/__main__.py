@@ -7,10 +7,11 @@
 Each benchmark writes ``benchmarks/results/<name>.json``; the table is rebuilt from
 those files, so it always shows the latest figures and the machine they came from.
 
-Each runs in its own process. TensorFlow 2.21's oneDNN kernels occasionally corrupt
-the heap on some CPUs (the process dies on a signal; ``tune search`` survives this
-through its supervisor, an in-process benchmark cannot), so a benchmark killed by a
-signal is run again, at most twice, and the retry is printed.
+Each runs in its own process. TensorFlow 2.21's oneDNN kernels have corrupted the heap
+here (the known case, a strided 1x1 conv's filter gradient on odd batches, is avoided by
+the builder; ``tune search`` survives any other through its supervisor, an in-process
+benchmark cannot), so a benchmark killed by a signal is run again, at most twice, and
+the retry is printed.
 """
 
 from __future__ import annotations
