@@ -174,7 +174,7 @@ print("trained")
 """
 
 
-def test_training_on_odd_batches_does_not_crash_tensorflow(tmp_path):
+def test_training_on_odd_batches_does_not_crash_tensorflow():
     """The models a search trains survive odd batch sizes (a last partial batch) on oneDNN CPUs.
 
     With the book's strided 1x1 projection, this script dies of heap corruption (SIGSEGV or

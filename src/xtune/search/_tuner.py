@@ -146,7 +146,8 @@ class SearchTuner(keras_tuner.Tuner):
             return
         record["status"] = ended.status
         record["seconds"] = record.get("seconds_before", 0.0) + record.get("seconds_run", 0.0)
-        record["rss_mb_after"] = None if (rss := rss_mb()) is None else round(rss, 1)  # memory, for benchmarks
+        rss = rss_mb()
+        record["rss_mb_after"] = None if rss is None else round(rss, 1)  # memory, for benchmarks
         _atomic.write_json(record_path, record)
         shutil.rmtree(self.backup_dir(trial.trial_id), ignore_errors=True)
         self.emit({"event": "trial_end", "trial_id": trial.trial_id, "status": ended.status,
@@ -160,10 +161,10 @@ class SearchTuner(keras_tuner.Tuner):
                 )
         else:
             self._consecutive_failures = 0
-        self._maybe_recycle()
+        self._maybe_recycle(rss)
 
-    def _maybe_recycle(self) -> None:
-        if self.recycle_mb is None or (rss := rss_mb()) is None:
+    def _maybe_recycle(self, rss: float | None) -> None:
+        if self.recycle_mb is None or rss is None:
             return
         if self._rss_base is None:
             self._rss_base = rss
