@@ -20,6 +20,14 @@ from xtune.errors import XtuneError
 _FORMATS = click.Choice(["table", "json"])
 
 
+class _OneLineError(click.ClickException):
+    """``Error: <message>`` on stderr, one line, with the error's exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Group(click.Group):
     """A click group that turns `XtuneError`s into one-line errors with exit codes."""
 
@@ -27,9 +35,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except XtuneError as error:
-            if error.exit_code == 2:
-                raise click.UsageError(str(error), ctx) from None
-            raise click.ClickException(str(error)) from None
+            raise _OneLineError(str(error), error.exit_code) from None
 
 
 def _quiet_tensorflow() -> None:
@@ -68,7 +74,7 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
-@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "TUNE", "help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tune")
 def tune():
     """Find the best convnet in the mini-Xception family for your image dataset.
@@ -292,11 +298,10 @@ def _default_project(data: str | None) -> Path | None:
 
 
 def _given(ctx, names):
-    """The options the user passed (command line or TUNE_* environment), by name."""
+    """The options the user passed on the command line, by name (no option is read from the environment)."""
     from click.core import ParameterSource
 
-    explicit = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) in explicit}
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
 
 
 _SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "factor", "objective", "seed",

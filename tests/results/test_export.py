@@ -15,7 +15,7 @@ from xtune.spaces import PRESETS
 
 from .conftest import IMAGE_SIZE, stripes, write_stripes_folder
 
-FILES = {"model.keras", "saved_model", "model.tflite", "model_card.json", "README.md"}
+FILES = {".xtune-export", "model.keras", "saved_model", "model.tflite", "model_card.json", "README.md"}
 
 
 def run(*args):
@@ -181,14 +181,16 @@ def test_train_plus_val_trains_longer_on_more_images(search_copy, splits, data_d
     assert "val_accuracy" not in card["training"]["history"][0]  # nothing held out to validate on
 
 
-def test_an_existing_output_needs_overwrite(search_copy, export_cli):
+def test_an_existing_output_of_the_users_is_never_replaced(search_copy, export_cli):
     out = search_copy / "export"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    result = export_cli(search_copy)
-    assert result.exit_code == 1
-    assert "exists; pass --overwrite" in one_line(result)
-    assert (out / "mine.txt").read_text() == "keep"
+    for extra in ((), ("--overwrite",)):
+        result = export_cli(search_copy, *extra)
+        assert result.exit_code == 2
+        line = one_line(result)
+        assert "holds files xtune did not write (mine.txt)" in line and "--overwrite" not in line
+        assert (out / "mine.txt").read_text() == "keep"
 
 
 def test_no_such_project_is_one_line(tmp_path, export_cli):

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xtune import _atomic
+from xtune._owned import EXPORT_ENTRIES, check_export_target, describe, entries, foreign, has_marker, write_marker
 from xtune.errors import DataError, ProjectError, UsageError
 from xtune.results._card import render_card_markdown
 from xtune.results._metrics import classification_metrics
@@ -160,8 +161,7 @@ def export_model(
     if epochs is not None and epochs < 1:
         raise UsageError(f"--epochs must be at least 1; got {epochs}")
     out = Path(out) if out is not None else default_export_dir(project, preset)
-    if out.exists() and not overwrite:
-        raise ProjectError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    check_export_folder(out, state, data_dir, overwrite)
     trial = None
     if trial_id is not None:
         if preset is not None:
@@ -303,6 +303,7 @@ def export_model(
         card["formats"] = verify_formats(tmp, check_images, reference)
         card["comparison"] = _comparison(project, preset, card)
         _atomic.write_json(tmp / CARD_FILE, card)
+        write_marker(tmp, "export")
         _atomic.write_text(tmp / "README.md", render_card_markdown(card))
         _install(tmp, out)
     except BaseException:
@@ -311,6 +312,36 @@ def export_model(
     report = ExportReport(out, card)
     emit({"event": "export_end", "out": str(out), "test": test, "comparison": card["comparison"]})
     return report
+
+
+def check_export_folder(out: Path, state, data_dir, overwrite: bool) -> None:
+    """Refuse an export folder that is not ours to write (before any training).
+
+    ``out`` may not overlap the search or the data (``check_export_target``). An
+    existing ``out`` is replaced only with ``overwrite`` and only when xtune wrote it
+    (its marker, or an export card from before markers) and it holds nothing else.
+
+    Raises:
+        UsageError: ``out`` overlaps the search or the data, or holds files xtune did
+            not write (named; nothing is deleted).
+        ProjectError: ``out`` holds an earlier export and ``overwrite`` is off.
+    """
+    from xtune.data._store import resolve_data_dir
+
+    source = Path(state.settings.data).expanduser()
+    check_export_target(out, state.path, [resolve_data_dir(data_dir), source if source.is_dir() else None])
+    present = entries(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; choose a folder")
+    if not present:
+        return
+    ours = has_marker(out, "export") or (out / CARD_FILE).is_file()
+    others = foreign(out, EXPORT_ENTRIES) if ours else present
+    if others:
+        raise UsageError(f"{out} holds files xtune did not write ({describe(others, out)}); "
+                         "choose another --out")
+    if not overwrite:
+        raise ProjectError(f"{out} holds an earlier export; pass --overwrite to replace it, or choose another --out")
 
 
 def _completed_trial(state, trial_id: str):

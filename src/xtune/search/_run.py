@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xtune import _atomic
+from xtune._owned import (
+    SEARCH_ENTRIES,
+    SEARCH_MARKER,
+    describe,
+    entries,
+    has_marker,
+    is_inside,
+    remove_owned,
+    write_marker,
+)
 from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan
 from xtune.search._project import (
@@ -107,8 +117,7 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
                 "drop the flag to resume, or pass --overwrite to start over"
             )
         return stored, space, run
-    if project.exists() and any(p.name != LOCK_FILE for p in project.iterdir()) and not overwrite:
-        raise ProjectError(f"{project} exists and is not a tune search; choose another --project or pass --overwrite")
+    check_new_project(project, given.get("data"))
     if "data" not in given:
         raise UsageError("--data is required to start a search (demo, kaggle:dogs-vs-cats, or a folder)")
     settings = SearchSettings(**given)
@@ -119,6 +128,37 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
     if settings.objective not in ("val_accuracy", "val_loss", "accuracy", "loss"):
         raise UsageError(f"--objective must be val_accuracy, val_loss, accuracy or loss; got {settings.objective!r}")
     return settings, load_space(space_ref), None
+
+
+def is_search(project: Path) -> bool:
+    """Whether ``project`` is a search directory xtune wrote (its marker, or a run.json)."""
+    return has_marker(project, "search") or (Path(project) / RUN_FILE).exists()
+
+
+def check_new_project(project: Path, data: str | None) -> None:
+    """Refuse to start a search in a folder that holds anything xtune did not write.
+
+    An existing search (``--overwrite``) or an empty folder is fine; anything else is
+    one line naming what is there, and nothing is touched. The project may not
+    overlap a dataset folder either.
+
+    Raises:
+        UsageError: The folder is not ours, or it overlaps the data.
+    """
+    project = Path(project)
+    if data is not None and Path(data).expanduser().is_dir():
+        folder = Path(data).expanduser()
+        if is_inside(project, folder) or is_inside(folder, project):
+            raise UsageError(f"--project {project} overlaps the data folder {folder}; "
+                             "keep searches apart from the data")
+    if not project.exists():
+        return
+    if not project.is_dir():
+        raise UsageError(f"--project {project} is a file, not a folder; choose another --project")
+    present = [name for name in entries(project) if name not in (LOCK_FILE, SEARCH_MARKER)]
+    if present and not is_search(project):
+        raise UsageError(f"{project} is not a tune search: it holds {describe(present, project)}; "
+                         "choose another --project")
 
 
 def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
@@ -314,11 +354,11 @@ def run_search(
             raise
         devices = None if chief is not None else configure_devices(mixed_precision)
         strategy_obj = None if chief is not None else distribution_strategy(strategy)
-        if overwrite:
-            for child in project.iterdir():
-                if child.name != LOCK_FILE:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if overwrite:  # only what xtune wrote: the user's files and earlier exports stay
+            remove_owned(project, SEARCH_ENTRIES, keep=(LOCK_FILE, SEARCH_MARKER))
             run = None
+        if not has_marker(project, "search"):
+            write_marker(project, "search")
         notes = []
         resumed = run is not None
         if run is None:
