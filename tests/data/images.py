@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def make_split_folder(root: Path, classes=("cat", "dog"), per_split=(6, 3, 3), s
         for c, cls in enumerate(classes):
             for i in range(n):
                 write(root / split / cls / f"{split}_{cls}_{i}.png",
-                      image_bytes("PNG", size=size, seed=hash((split, c, i)) % 1000, color=COLORS.get(cls, (9, 9, 9))))
+                      image_bytes("PNG", size=size, seed=zlib.crc32(f"{split}/{c}/{i}".encode()),
+                                  color=COLORS.get(cls, (9, 9, 9))))
     return root
 
 
