@@ -4,15 +4,22 @@ A prepared copy is built in a temporary sibling folder and renamed into place at
 end; its marker, ``prepared.json``, is written last (before the rename). A folder
 without the marker, or a leftover temporary folder, is never used: it is removed and
 built again. One preparation runs at a time per data directory (a file lock).
+
+Every kept source file gets a file of its own in the prepared copy: names that would
+clash once converted files become ``.png`` (``photo.bmp`` and ``photo.webp``), or that
+differ only in case (``a.JPG`` and ``a.jpg``, one file on macOS or Windows), are made
+unique, and each renaming is listed in the warnings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import random
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +34,16 @@ from xtune.data._scan import (
     ConvertedFile,
     Scanned,
     SkippedFile,
+    _some,
     list_folder,
     listing_signature,
     scan_entries,
 )
 from xtune.errors import DataError, UsageError
 
-FORMAT = 1
+# 2: names no longer clash (copies of format 1 may have lost an image to a clash, so
+# they are prepared again, not reused).
+FORMAT = 2
 KAGGLE_SOURCE = "kaggle:dogs-vs-cats"
 DEMO_SOURCE = "demo"
 BOOK_SPLIT = (1000, 500, 1000)
@@ -475,9 +485,11 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
                             "in train, validation and test")
 
     # Names, fingerprint and (when writing) the files in place.
-    names_by_class: dict[str, set[str]] = {}
-    for s in scanned:
-        names_by_class.setdefault(s.entry.cls, set()).add(s.entry.name)
+    names, renamed = _prepared_names(scanned)
+    if renamed:
+        warnings.append(f"{len(renamed)} file{'s' if len(renamed) != 1 else ''} renamed in the prepared copy, as "
+                        "their names clash ignoring case or the extension: "
+                        + _some([f"{rel} as {name}" for rel, name in renamed]))
     digest = hashlib.sha256("\n".join(class_names).encode())
     lines = []
     counts = {}
@@ -487,11 +499,14 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
             items = assigned[split][cls]
             counts[split][cls] = len(items)
             for s in items:
-                name = _out_name(s, names_by_class[cls])
+                name = names[id(s)]
                 lines.append(f"{split}/{cls}/{name}\t{s.digest}")
                 if tmp is not None:
                     dst = tmp / split / cls / name
                     dst.parent.mkdir(parents=True, exist_ok=True)
+                    if os.path.lexists(dst):  # a file system that folds names further than _name_key
+                        raise DataError(f"{s.entry.rel} and another file would both be {split}/{cls}/{name} in "
+                                        f"the prepared copy on this file system; rename one of them")
                     os.replace(s.staged, dst)
     for line in sorted(lines):
         digest.update(b"\n" + line.encode())
@@ -531,11 +546,56 @@ def _by_name(s: Scanned) -> str:
     return s.entry.name
 
 
-def _out_name(s: Scanned, taken: set[str]) -> str:
-    """The file's name in the prepared folder: as in the source, ``.png`` when re-encoded."""
-    name = s.entry.name
-    if s.verdict.action != "convert" or name.lower().endswith(".png"):
-        return name
-    stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
-    candidate = stem + ".png"
-    return candidate if candidate not in taken else name + ".png"
+def _name_key(name: str) -> str:
+    """What a case-insensitive, normalizing file system (macOS, Windows) sees of a name."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    head, _, last = name.rpartition("/")
+    stem, dot, ext = last.rpartition(".")
+    if not dot or not stem:
+        stem, ext = last, ""
+    else:
+        ext = "." + ext
+    return (head + "/" if head else "") + stem, ext
+
+
+def _prepared_names(scanned: list[Scanned]) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """Each kept file's name in the prepared copy (by ``id``), and the files renamed for a clash.
+
+    As in the source, with ``.png`` for a re-encoded file (``photo.bmp`` -> ``photo.png``).
+    Names are unique per destination folder ignoring case, and never take another
+    source file's name: files kept as they are claim their names first, in name order;
+    a clash becomes ``photo.webp.png`` (re-encoded) or ``a-2.jpg``, ``a-3.jpg``, ...
+    The destination folder of a class-folders source is the whole class, so the names
+    do not depend on the split.
+    """
+    groups: dict[tuple, list[Scanned]] = {}
+    for s in scanned:
+        groups.setdefault((s.entry.split, s.entry.cls), []).append(s)
+    names: dict[int, str] = {}
+    renamed: list[tuple[str, str]] = []
+    for items in groups.values():
+        # Every source name (skipped ones too: no file takes over another's name) and its folders.
+        sources = {_name_key("/".join(parts[:i])) for s in items
+                   for parts in [s.entry.name.split("/")] for i in range(1, len(parts) + 1)}
+        claimed: set[str] = set()
+        usable = [s for s in items if s.verdict.action != "skip"]
+        for s in sorted(usable, key=lambda s: (s.verdict.action == "convert", s.entry.name)):
+            name = s.entry.name
+            if s.verdict.action == "convert" and not name.lower().endswith(".png"):
+                name = _split_ext(name)[0] + ".png"
+            candidates = [name]
+            if s.verdict.action == "convert" and name != s.entry.name:
+                candidates.append(s.entry.name + ".png")
+            stem, ext = _split_ext(candidates[-1])
+            own = _name_key(s.entry.name)
+            numbered = (f"{stem}-{i}{ext}" for i in itertools.count(2))
+            chosen = next(c for c in itertools.chain(candidates, numbered)
+                          if _name_key(c) not in claimed and (_name_key(c) == own or _name_key(c) not in sources))
+            claimed.add(_name_key(chosen))
+            names[id(s)] = chosen
+            if chosen != name:
+                renamed.append((s.entry.rel, chosen.rsplit("/", 1)[-1]))
+    return names, sorted(renamed)
