@@ -26,6 +26,21 @@ def rows() -> list[str]:
         out.append(_row("start-up: `tune --help` vs `import tensorflow` (median of 5)", f"{m['tune --help']:.2f} s",
                         f"{m['import tensorflow']:.2f} s", f"{r['ratio']:.3f}", "far below 1",
                         "python -m benchmarks startup"))
+    if (r := _load("prepare_memory")):
+        issue = [x for x in r["results"] if x["in_issue"]]
+        worst = next(x for x in issue if x["input"] == r["worst"])
+        out.append(_row(f"peak RSS of `tune data prepare` on {len(issue)} hostile inputs (1 GiB zip member, zip bomb "
+                        "train.zip, /dev/zero link, FIFO, 1 GiB file, 196-megapixel PNG bomb): the largest "
+                        f"({worst['input']}) vs the same images without it",
+                        f"{worst['peak_rss_mb']:.0f} MB", f"{worst['baseline_peak_rss_mb']:.0f} MB",
+                        f"{worst['ratio']:.2f}", f"< {r['goal_mb']} MB", "python -m benchmarks prepare_memory"))
+        for x in r["results"]:
+            if not x["in_issue"]:
+                many = " x3, decoded one at a time" if x["input"].endswith("-x3") else ""
+                out.append(_row(f"peak RSS of `tune data prepare` on a 169-megapixel PNG{many} (under Pillow's bomb "
+                                "limit: decoded, converted to RGB) vs the same images without it",
+                                f"{x['peak_rss_mb']:.0f} MB", f"{x['baseline_peak_rss_mb']:.0f} MB",
+                                f"{x['ratio']:.1f}", "-", "python -m benchmarks prepare_memory"))
     if (r := _load("pipeline")):
         for s in r.get("results", []):
             out.append(_row(f"data pipeline at {s['image_size']} px: images/s delivered, first (decoding) epoch / "

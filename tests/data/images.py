@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,8 @@ def make_split_folder(root: Path, classes=("cat", "dog"), per_split=(6, 3, 3), s
         for c, cls in enumerate(classes):
             for i in range(n):
                 write(root / split / cls / f"{split}_{cls}_{i}.png",
-                      image_bytes("PNG", size=size, seed=hash((split, c, i)) % 1000, color=COLORS.get(cls, (9, 9, 9))))
+                      image_bytes("PNG", size=size, seed=zlib.crc32(f"{split}/{c}/{i}".encode()),
+                                  color=COLORS.get(cls, (9, 9, 9))))
     return root
 
 
@@ -122,3 +125,35 @@ def kaggle_zip(path: Path, per_class: int, nested: bool = True, extra: dict | No
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return path
+
+
+def bomb_png(side: int = 14000) -> bytes:
+    """A complete, valid, black 1-bit PNG of ``side`` x ``side`` pixels.
+
+    By default 196 megapixels, over Pillow's decompression-bomb limit: 24 kB of file.
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte "none", then the bits
+    packer = zlib.compressobj(9)
+    block = row * 1000
+    idat = b"".join(packer.compress(block) for _ in range(side // 1000))
+    idat += packer.compress(row * (side % 1000)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def set_declared_size(path: Path, member: str, size: int) -> None:
+    """Make a zip member declare ``size`` bytes (local header and central directory), whatever it holds."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        local = zf.getinfo(member).header_offset
+    struct.pack_into("<I", data, local + 22, size)
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        name_len = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46:at + 46 + name_len] == member.encode():
+            struct.pack_into("<I", data, at + 24, size)
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))

@@ -4,23 +4,32 @@ Every member name of an archive is checked before anything is extracted: an abso
 path, a drive letter, a ``..`` component or a symbolic link refuses the whole archive.
 Nothing is ever extracted by member name: files are read from the archive and
 written to paths this module computes.
+
+Sizes are checked too. An image member over the limit per image (by its declared size,
+before reading; by the bytes read, while reading) or inflating over ``MAX_RATIO`` times
+is skipped with its reason (see ``xtune.data._scan``). The ``train.zip`` inside
+Kaggle's archive is copied to disk only when it declares at most ``MAX_NESTED_BYTES``
+and does not inflate over ``MAX_RATIO`` times; else the archive is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import stat
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
-from xtune.data._scan import Entry
+from xtune.data._scan import Entry, Unusable, check_ratio, format_size, read_bounded, too_large
 from xtune.errors import DataError
 
 CLASSES = ("cat", "dog")
 _MEMBER = re.compile(r"^train/(cat|dog)\.(\d+)\.jpg$")
+# Kaggle's train.zip is about 545 MiB; four times that is a sane bound for the copy.
+MAX_NESTED_BYTES = 2 << 30
+_DAMAGED = (zipfile.BadZipFile, EOFError, ValueError, zlib.error, NotImplementedError)
 
 
 def check_members(zf: zipfile.ZipFile, label: str) -> None:
@@ -66,11 +75,7 @@ def kaggle_entries(archive: Path, work: Path, sizes: tuple[int, int, int]):
         if nested:
             work.mkdir(parents=True, exist_ok=True)
             inner_path = work / "train.zip"
-            try:
-                with outer.open(nested[0]) as src, open(inner_path, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as error:
-                raise DataError(f"{archive}: cannot unpack {nested[0]} ({error}); download it again") from None
+            _copy_nested(outer, outer.getinfo(nested[0]), inner_path, archive)
             inner = stack.enter_context(open_zip(inner_path, f"{archive}:{nested[0]}"))
         elif any(_MEMBER.match(n) for n in names):
             inner = outer
@@ -87,11 +92,19 @@ def kaggle_entries(archive: Path, work: Path, sizes: tuple[int, int, int]):
         lock = threading.Lock()
 
         def reader(member: str):
-            def read() -> bytes:
+            info = inner.getinfo(member)
+
+            def read(limit: int) -> bytes:
+                if info.file_size > limit:
+                    raise Unusable(too_large(info.file_size, limit, " declared in the archive"))
+                bomb = check_ratio(info.file_size, info.compress_size)
+                if bomb:
+                    raise Unusable(bomb)
                 with lock:
                     try:
-                        return inner.read(member)
-                    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+                        with inner.open(info) as f:
+                            return read_bounded(f.read, info.file_size, limit)
+                    except _DAMAGED as error:
                         raise OSError(f"damaged archive member: {error}") from None
             return read
 
@@ -112,3 +125,24 @@ def kaggle_entries(archive: Path, work: Path, sizes: tuple[int, int, int]):
                                         "download it again")
                     entries.append(Entry(member, cls, f"{cls}.{i}.jpg", split, reader(member)))
         yield entries
+
+
+def _copy_nested(outer: zipfile.ZipFile, info: zipfile.ZipInfo, dst: Path, archive: Path) -> None:
+    """Copy a nested archive to ``dst`` by stream, within ``MAX_NESTED_BYTES`` and ``MAX_RATIO``."""
+    label = f"{archive}: {info.filename}"
+    if info.file_size > MAX_NESTED_BYTES:
+        raise DataError(f"refusing {label} declares {format_size(info.file_size)}, over the "
+                        f"{format_size(MAX_NESTED_BYTES)} limit (Kaggle's is about 545 MiB)")
+    bomb = check_ratio(info.file_size, info.compress_size)
+    if bomb:
+        raise DataError(f"refusing {label} is {bomb}")
+    copied = 0
+    try:
+        with outer.open(info) as src, open(dst, "wb") as out:
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_NESTED_BYTES:  # zipfile stops at the declared size; this is the backstop
+                    raise DataError(f"refusing {label} is longer than the {format_size(MAX_NESTED_BYTES)} limit")
+                out.write(chunk)
+    except (*_DAMAGED, zipfile.LargeZipFile) as error:
+        raise DataError(f"{archive}: cannot unpack {info.filename} ({error}); download it again") from None

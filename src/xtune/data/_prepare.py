@@ -4,15 +4,22 @@ A prepared copy is built in a temporary sibling folder and renamed into place at
 end; its marker, ``prepared.json``, is written last (before the rename). A folder
 without the marker, or a leftover temporary folder, is never used: it is removed and
 built again. One preparation runs at a time per data directory (a file lock).
+
+Every kept source file gets a file of its own in the prepared copy: names that would
+clash once converted files become ``.png`` (``photo.bmp`` and ``photo.webp``), or that
+differ only in case (``a.JPG`` and ``a.jpg``, one file on macOS or Windows), are made
+unique, and each renaming is listed in the warnings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import random
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +29,23 @@ from xtune import _atomic
 from xtune.data import _store
 from xtune.data._scan import (
     KEPT_GRAY,
+    MAX_IMAGE_BYTES,
     REENCODED,
     SPLITS,
     ConvertedFile,
     Scanned,
     SkippedFile,
+    _some,
+    format_size,
     list_folder,
     listing_signature,
     scan_entries,
 )
 from xtune.errors import DataError, UsageError
 
-FORMAT = 1
+# 2: the limit per image is a setting; names no longer clash (copies of format 1 may
+# have lost an image to a clash, so they are prepared again, not reused).
+FORMAT = 2
 KAGGLE_SOURCE = "kaggle:dogs-vs-cats"
 DEMO_SOURCE = "demo"
 BOOK_SPLIT = (1000, 500, 1000)
@@ -54,7 +66,8 @@ class PreparedData:
         converted: Files that reach the model as RGB although stored otherwise.
         fingerprint: Changes when the prepared content changes (names, bytes, classes).
         warnings: What was ignored (empty class folders, stray files).
-        settings: How it was split (layout, fractions and seed, or the Kaggle sizes).
+        settings: How it was split (layout, fractions and seed, or the Kaggle sizes),
+            and ``max_image_bytes``, the limit per image it was prepared with.
         origin: Where the images come from, and their license (the demo's).
         prepared_at: When it was prepared (ISO 8601).
     """
@@ -146,7 +159,9 @@ def _parse_source(source) -> _Source:
     return _Source("folder", str(path), path)
 
 
-def _check_settings(validation_fraction, test_fraction, kaggle_split) -> None:
+def _check_settings(validation_fraction, test_fraction, kaggle_split, max_image_bytes=MAX_IMAGE_BYTES) -> None:
+    if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
+        raise UsageError(f"the limit per image must be a positive number of bytes; got {max_image_bytes!r}")
     for name, value in (("validation fraction", validation_fraction), ("test fraction", test_fraction)):
         if not 0 < value < 1:
             raise UsageError(f"the {name} must be between 0 and 1 (exclusive); got {value}")
@@ -160,16 +175,21 @@ def _check_settings(validation_fraction, test_fraction, kaggle_split) -> None:
         raise UsageError(f"the Kaggle split asks for {sum(sizes)} images per class; dogs-vs-cats has 12500")
 
 
-def _settings(src: _Source, validation_fraction, test_fraction, split_seed, kaggle_split) -> dict:
+def _settings(src: _Source, validation_fraction, test_fraction, split_seed, kaggle_split,
+              max_image_bytes=MAX_IMAGE_BYTES) -> dict:
+    # The limit per image decides which files are kept, so it names the copy like a split does.
     if src.kind == "kaggle":
-        return {"layout": "kaggle", "split_sizes": [int(n) for n in kaggle_split]}
+        return {"layout": "kaggle", "split_sizes": [int(n) for n in kaggle_split],
+                "max_image_bytes": int(max_image_bytes)}
     return {"validation_fraction": float(validation_fraction), "test_fraction": float(test_fraction),
-            "split_seed": int(split_seed)}
+            "split_seed": int(split_seed), "max_image_bytes": int(max_image_bytes)}
 
 
 def _prepared_name(src: _Source, settings: dict) -> str:
     if src.kind == "kaggle":
-        return "dogs-vs-cats-" + "-".join(map(str, settings["split_sizes"]))
+        limit = settings["max_image_bytes"]
+        suffix = "" if limit == MAX_IMAGE_BYTES else (f"-{limit >> 20}MiB" if limit % (1 << 20) == 0 else f"-{limit}B")
+        return "dogs-vs-cats-" + "-".join(map(str, settings["split_sizes"])) + suffix
     if src.kind == "demo":
         return f"demo-digits-{_store.short_hash(settings)}"
     return f"{_store.slug(src.path.name)}-{_store.short_hash([src.text, settings])}"
@@ -187,6 +207,7 @@ def prepare_data(
     test_fraction: float = 0.15,
     split_seed: int = 1337,
     kaggle_split: tuple[int, int, int] = BOOK_SPLIT,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> PreparedData:
@@ -208,6 +229,10 @@ def prepare_data(
         split_seed: Seeds that stratified split.
         kaggle_split: Images per class for train, validation and test, taken in file
             number order (the book's: 1000, 500, 1000 = images 0-999, 1000-1499, 1500-2499).
+        max_image_bytes: The limit per image file (default ``MAX_IMAGE_BYTES``, 64 MiB):
+            a larger file is skipped, with its reason, without being read (archive
+            members by their declared size). Part of the copy's settings: a copy
+            prepared with another limit is not reused.
         overwrite: Prepare again even if a complete copy exists (a complete download is kept).
         progress: Called with a line of text at each long step.
 
@@ -220,14 +245,14 @@ def prepare_data(
             than two classes, an empty split, a class missing from a split, ...).
     """
     src = _parse_source(source)
-    _check_settings(validation_fraction, test_fraction, kaggle_split)
+    _check_settings(validation_fraction, test_fraction, kaggle_split, max_image_bytes)
     if archive is not None:
         if src.kind != "kaggle":
             raise UsageError(f"--archive is for {KAGGLE_SOURCE} only; {src.text!r} needs none")
         archive = Path(archive).expanduser().absolute()
         if not archive.is_file():
             raise UsageError(f"--archive {archive}: no such file")
-    settings = _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split)
+    settings = _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split, max_image_bytes)
     root_dir = _store.resolve_data_dir(data_dir)
     prepared_dir = root_dir / "prepared"
     final = prepared_dir / _prepared_name(src, settings)
@@ -269,6 +294,7 @@ def load_prepared(
     test_fraction: float = 0.15,
     split_seed: int = 1337,
     kaggle_split: tuple[int, int, int] = BOOK_SPLIT,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> PreparedData:
     """The prepared copy of a source, without preparing anything.
 
@@ -278,12 +304,12 @@ def load_prepared(
         DataError: It is not prepared (the message says how to prepare it).
     """
     src = _parse_source(source)
-    _check_settings(validation_fraction, test_fraction, kaggle_split)
-    settings = _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split)
+    _check_settings(validation_fraction, test_fraction, kaggle_split, max_image_bytes)
+    settings = _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split, max_image_bytes)
     root_dir = _store.resolve_data_dir(data_dir)
     final = root_dir / "prepared" / _prepared_name(src, settings)
     marker = _store.read_marker(final)
-    if marker is None or marker.get("format") != FORMAT:
+    if marker is None or marker.get("format") != FORMAT or not _same_settings(marker.get("settings"), settings):
         raise DataError(f"{src.text} is not prepared in {root_dir}; run: tune data prepare "
                         f"{_quote(source)}{_options_hint(data_dir, src, settings)}")
     return PreparedData.from_dict(marker, root=final)
@@ -297,6 +323,7 @@ def describe_data(
     test_fraction: float = 0.15,
     split_seed: int = 1337,
     kaggle_split: tuple[int, int, int] = BOOK_SPLIT,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> dict:
     """What ``tune data info`` shows: the prepared copy, or a read-only scan of a folder.
 
@@ -310,7 +337,7 @@ def describe_data(
     """
     src = _parse_source(source)
     options = dict(validation_fraction=validation_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                   kaggle_split=kaggle_split)
+                   kaggle_split=kaggle_split, max_image_bytes=max_image_bytes)
     try:
         prepared = load_prepared(source, data_dir=data_dir, **options)
     except DataError:
@@ -322,8 +349,7 @@ def describe_data(
         if src.kind != "folder" or marker.get("listing") == listing_signature(src.path):
             return {"status": "prepared", **prepared.to_dict()}
         status = "changed"
-    record = _build_folder(src.path, _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split),
-                           None)
+    record = _build_folder(src.path, _settings(src, **options), None)
     record["source"] = src.text
     return {"status": status, **PreparedData.from_dict(record, root=None).to_dict()}
 
@@ -336,6 +362,9 @@ def _quote(text) -> str:
 
 def _options_hint(data_dir, src: _Source, settings: dict) -> str:
     hint = f" --data-dir {_quote(data_dir)}" if data_dir is not None else ""
+    limit = settings["max_image_bytes"]
+    if limit != MAX_IMAGE_BYTES and limit % (1 << 20) == 0:
+        hint += f" --max-image-mb {limit >> 20}"
     if src.kind == "kaggle":
         if tuple(settings["split_sizes"]) != BOOK_SPLIT:
             hint += " --split-sizes " + ",".join(map(str, settings["split_sizes"]))
@@ -383,7 +412,7 @@ def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, pro
             with kaggle_entries(archive, tmp / ".work", tuple(settings["split_sizes"])) as entries:
                 if progress:
                     progress(f"checking {len(entries)} images")
-                scanned = scan_entries(entries, staging=tmp / ".staging")
+                scanned = scan_entries(entries, staging=tmp / ".staging", max_bytes=settings["max_image_bytes"])
         except DataError as error:
             if not downloaded:
                 raise
@@ -412,7 +441,8 @@ def _build_folder(folder: Path, settings: dict, tmp: Path | None, progress=None)
     listing = list_folder(folder)
     if progress:
         progress(f"checking {len(listing.entries)} files in {folder}")
-    scanned = scan_entries(listing.entries, staging=tmp / ".staging" if tmp is not None else None)
+    scanned = scan_entries(listing.entries, staging=tmp / ".staging" if tmp is not None else None,
+                           max_bytes=settings["max_image_bytes"])
     record = _assemble(scanned, listing.layout, listing.class_dirs, listing.skipped, listing.warnings,
                        settings, tmp)
     record["listing"] = signature
@@ -475,9 +505,15 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
                             "in train, validation and test")
 
     # Names, fingerprint and (when writing) the files in place.
-    names_by_class: dict[str, set[str]] = {}
-    for s in scanned:
-        names_by_class.setdefault(s.entry.cls, set()).add(s.entry.name)
+    names, renamed = _prepared_names(scanned)
+    if renamed:
+        warnings.append(f"{len(renamed)} file{'s' if len(renamed) != 1 else ''} renamed in the prepared copy, as "
+                        "their names clash ignoring case or the extension: "
+                        + _some([f"{rel} as {name}" for rel, name in renamed]))
+    too_large = sum(s.reason.startswith("file too large") for s in skipped)
+    if too_large:
+        warnings.append(f"{too_large} file{'s' if too_large != 1 else ''} over the limit per image "
+                        f"({format_size(settings['max_image_bytes'])}) skipped: --max-image-mb raises it")
     digest = hashlib.sha256("\n".join(class_names).encode())
     lines = []
     counts = {}
@@ -487,11 +523,14 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
             items = assigned[split][cls]
             counts[split][cls] = len(items)
             for s in items:
-                name = _out_name(s, names_by_class[cls])
+                name = names[id(s)]
                 lines.append(f"{split}/{cls}/{name}\t{s.digest}")
                 if tmp is not None:
                     dst = tmp / split / cls / name
                     dst.parent.mkdir(parents=True, exist_ok=True)
+                    if os.path.lexists(dst):  # a file system that folds names further than _name_key
+                        raise DataError(f"{s.entry.rel} and another file would both be {split}/{cls}/{name} in "
+                                        f"the prepared copy on this file system; rename one of them")
                     os.replace(s.staged, dst)
     for line in sorted(lines):
         digest.update(b"\n" + line.encode())
@@ -531,11 +570,56 @@ def _by_name(s: Scanned) -> str:
     return s.entry.name
 
 
-def _out_name(s: Scanned, taken: set[str]) -> str:
-    """The file's name in the prepared folder: as in the source, ``.png`` when re-encoded."""
-    name = s.entry.name
-    if s.verdict.action != "convert" or name.lower().endswith(".png"):
-        return name
-    stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
-    candidate = stem + ".png"
-    return candidate if candidate not in taken else name + ".png"
+def _name_key(name: str) -> str:
+    """What a case-insensitive, normalizing file system (macOS, Windows) sees of a name."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    head, _, last = name.rpartition("/")
+    stem, dot, ext = last.rpartition(".")
+    if not dot or not stem:
+        stem, ext = last, ""
+    else:
+        ext = "." + ext
+    return (head + "/" if head else "") + stem, ext
+
+
+def _prepared_names(scanned: list[Scanned]) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """Each kept file's name in the prepared copy (by ``id``), and the files renamed for a clash.
+
+    As in the source, with ``.png`` for a re-encoded file (``photo.bmp`` -> ``photo.png``).
+    Names are unique per destination folder ignoring case, and never take another
+    source file's name: files kept as they are claim their names first, in name order;
+    a clash becomes ``photo.webp.png`` (re-encoded) or ``a-2.jpg``, ``a-3.jpg``, ...
+    The destination folder of a class-folders source is the whole class, so the names
+    do not depend on the split.
+    """
+    groups: dict[tuple, list[Scanned]] = {}
+    for s in scanned:
+        groups.setdefault((s.entry.split, s.entry.cls), []).append(s)
+    names: dict[int, str] = {}
+    renamed: list[tuple[str, str]] = []
+    for items in groups.values():
+        # Every source name (skipped ones too: no file takes over another's name) and its folders.
+        sources = {_name_key("/".join(parts[:i])) for s in items
+                   for parts in [s.entry.name.split("/")] for i in range(1, len(parts) + 1)}
+        claimed: set[str] = set()
+        usable = [s for s in items if s.verdict.action != "skip"]
+        for s in sorted(usable, key=lambda s: (s.verdict.action == "convert", s.entry.name)):
+            name = s.entry.name
+            if s.verdict.action == "convert" and not name.lower().endswith(".png"):
+                name = _split_ext(name)[0] + ".png"
+            candidates = [name]
+            if s.verdict.action == "convert" and name != s.entry.name:
+                candidates.append(s.entry.name + ".png")
+            stem, ext = _split_ext(candidates[-1])
+            own = _name_key(s.entry.name)
+            numbered = (f"{stem}-{i}{ext}" for i in itertools.count(2))
+            chosen = next(c for c in itertools.chain(candidates, numbered)
+                          if _name_key(c) not in claimed and (_name_key(c) == own or _name_key(c) not in sources))
+            claimed.add(_name_key(chosen))
+            names[id(s)] = chosen
+            if chosen != name:
+                renamed.append((s.entry.rel, chosen.rsplit("/", 1)[-1]))
+    return names, sorted(renamed)

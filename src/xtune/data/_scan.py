@@ -4,11 +4,27 @@ What happens to a file in a class folder:
 
 - hidden (its name starts with "."): skipped, reason "hidden file". Hidden folders
   (and ``__MACOSX``) are not looked into.
+- not a regular file (a named pipe, a device, a socket): skipped, e.g. "not a regular
+  file (named pipe)", without being opened (a pipe would block, ``/dev/zero`` never ends).
+- a symbolic link: followed only to a regular file, wherever it is (datasets are often
+  links into a photo library), which then counts as the file; a link to anything else is
+  skipped as that thing, a broken link "broken symbolic link". A link to a folder inside
+  a class folder is not followed: "symbolic link to a folder (not followed)" (class
+  folders themselves may be links: that is the layout the user chose).
+- larger than the limit per image (``max_image_bytes``, ``MAX_IMAGE_BYTES`` = 64 MiB by
+  default): skipped, "file too large (...)". The size is checked before the file is
+  read (``stat``, or an archive member's declared size), and reading stops one byte past
+  the limit should the file be longer than it said. An archive member that inflates
+  over ``MAX_RATIO`` (200) times, to more than 1 MiB, is skipped too: image files barely
+  compress, so only a zip bomb does that.
 - empty: skipped, "zero-byte file".
 - not an image Pillow can identify: skipped, "not an image"; if it starts like an
   image (JPEG, PNG, GIF, BMP, TIFF, WebP signature) but cannot be opened: "corrupt FMT".
 - an image that fails to decode completely: "truncated FMT" (data ends early) or
-  "corrupt FMT (message)". Images over Pillow's decompression-bomb limit are skipped.
+  "corrupt FMT (message)". Images over Pillow's decompression-bomb limit (twice
+  ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels) are skipped, "image too large",
+  from their header, before decoding; below it, decoding threads share a memory budget
+  (``DECODE_BUDGET``), so huge images are decoded one at a time.
 - plain 8-bit RGB or grayscale JPEG, plain 8-bit RGB or grayscale PNG: kept byte for
   byte. TensorFlow decodes them with ``channels=3``, so a grayscale file reaches the
   model as RGB (gray copied to the three channels); such files are listed as
@@ -25,9 +41,13 @@ decodes to RGB, and no bad file reaches tf.data.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import os
+import stat
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +72,135 @@ _MAGIC = (
 
 KEPT_GRAY = "decoded as RGB"
 REENCODED = "re-encoded as RGB PNG"
+
+# Above any camera JPEG (a 100-megapixel medium-format frame: 30-50 MB) and an 8-bit PNG
+# of a 24-megapixel photo (40-50 MB); far above what a convnet trains on. It bounds what
+# one scan thread holds. Uncompressed 16-bit TIFF scans can be larger: max_image_bytes.
+MAX_IMAGE_BYTES = 64 << 20
+# Archive members: JPEG and PNG barely compress (1-1.2x), uncompressed BMP or TIFF
+# photos a few times; more than this, once over MIN_RATIO_BYTES, is a zip bomb.
+MAX_RATIO = 200
+MIN_RATIO_BYTES = 1 << 20
+# Decoded pixels in flight across scan threads (see _Budget).
+DECODE_BUDGET = 1 << 30
+_DECODE_BYTES_PER_PIXEL = 8  # Pillow keeps RGB as 4 bytes a pixel; plus a converted copy
+
+
+class Unusable(ValueError):
+    """A file skipped before (or while) reading it; ``str(error)`` is the reason."""
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes for people: "64 MiB", "1.5 GiB", "900 bytes"."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def too_large(size: int, limit: int, what: str = "") -> str:
+    """The skip reason of a file over the limit per image."""
+    return f"file too large ({format_size(size)}{what}; the limit is {format_size(limit)} per image)"
+
+
+def check_ratio(file_size: int, compress_size: int) -> str | None:
+    """Why an archive member is a likely zip bomb, or None."""
+    if file_size > MIN_RATIO_BYTES and file_size > MAX_RATIO * max(compress_size, 1):
+        return f"compressed {file_size / max(compress_size, 1):,.0f}:1 in the archive (over {MAX_RATIO}:1: a zip bomb?)"
+    return None
+
+
+def read_bounded(read: Callable[[int], bytes], expected: int, limit: int) -> bytes:
+    """Read to the end with ``read(n)``, but never more than ``limit`` + 1 bytes.
+
+    ``expected`` (the size the file says it has) sizes the first read, so an ordinary
+    file is one read and no copy.
+
+    Raises:
+        Unusable: The data goes on past ``limit``.
+    """
+    parts: list[bytes] = []
+    total = 0
+    first = min(expected, limit) + 1
+    while total <= limit:
+        chunk = read(min(first - total if total < first else 1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        raise Unusable(f"file too large (longer than its size said, past the {format_size(limit)} limit per image)")
+    return b"".join(parts)  # one part: the same object, no copy
+
+
+_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+
+
+def _check_stat(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "special file")
+        raise Unusable(f"not a regular file ({kind})")
+    if st.st_size > limit:
+        raise Unusable(too_large(st.st_size, limit))
+
+
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+
+
+def read_regular_file(path, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """A file's bytes, if it is a regular file (a symbolic link to one counts) of at most ``limit`` bytes.
+
+    Checked with ``stat`` before it is opened (a pipe or a device is never opened), and
+    again on the open file (it may have been swapped in between; ``O_NONBLOCK`` so that
+    opening a pipe swapped in cannot block).
+
+    Raises:
+        Unusable: Not a regular file, a broken link, over ``limit``; the message says which.
+        OSError: It cannot be read (permissions, I/O error).
+    """
+    try:
+        st = os.stat(path)  # follows a symbolic link
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(path):
+            raise Unusable("broken symbolic link") from None
+        if error.errno == errno.ELOOP:
+            raise Unusable("symbolic link loop") from None
+        raise
+    _check_stat(st, limit)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        _check_stat(st, limit)
+        return read_bounded(lambda n: os.read(fd, n), st.st_size, limit)
+    finally:
+        os.close(fd)
+
+
+class _Budget:
+    """Bytes that threads may hold at once; a request over the whole budget waits to run alone."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._free = total
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, n: int):
+        n = min(n, self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= n)
+            self._free -= n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += n
+                self._cond.notify_all()
+
+
+_DECODING = _Budget(DECODE_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -121,7 +270,7 @@ def check_image(raw: bytes) -> Verdict:
         return Verdict("skip", "image too large (decompression bomb limit)")
     except Exception as error:  # Pillow raises many kinds on garbage
         return Verdict("skip", _corrupt(magic or "image", error))
-    with img:
+    with img, _DECODING.hold(img.width * img.height * _DECODE_BYTES_PER_PIXEL):
         fmt = img.format or magic or "image"
         try:
             img.load()
@@ -184,14 +333,15 @@ class Entry:
 
     ``rel`` is what the user sees (relative to the source), ``name`` the file's path
     inside its class folder, ``split`` the split the source puts it in (None: the
-    stratified split decides).
+    stratified split decides). ``read(limit)`` returns the bytes, or raises ``Unusable``
+    (over ``limit``, not a regular file, ...) or ``OSError``.
     """
 
     rel: str
     cls: str
     name: str
     split: str | None
-    read: Callable[[], bytes]
+    read: Callable[[int], bytes]
 
 
 @dataclass(frozen=True)
@@ -222,8 +372,8 @@ def _stray_files(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if not e.is_dir() and not e.name.startswith("."))
 
 
-def _file_reader(path: Path) -> Callable[[], bytes]:
-    return path.read_bytes
+def _file_reader(path: Path) -> Callable[[int], bytes]:
+    return lambda limit: read_regular_file(path, limit)
 
 
 def list_folder(root: Path) -> FolderListing:
@@ -267,7 +417,10 @@ def list_folder(root: Path) -> FolderListing:
                 warnings_.append(f"files outside class folders ignored in {prefix}: {_some(stray)}")
         for cls in _visible_dirs(folder):
             found = 0
-            for name in _walk(folder / cls):
+            names, linked_dirs = _walk(folder / cls)
+            skipped.extend(SkippedFile(f"{prefix}{cls}/{name}", "symbolic link to a folder (not followed)")
+                           for name in linked_dirs)
+            for name in names:
                 rel = f"{prefix}{cls}/{name}"
                 if any(part.startswith(".") for part in PurePosixPath(name).parts):
                     skipped.append(SkippedFile(rel, "hidden file"))
@@ -278,15 +431,24 @@ def list_folder(root: Path) -> FolderListing:
     return FolderListing(layout, entries, class_dirs, skipped, warnings_)
 
 
-def _walk(folder: Path) -> list[str]:
-    """Files under ``folder`` (recursively, hidden folders pruned), relative, sorted."""
-    out = []
+def _walk(folder: Path) -> tuple[list[str], list[str]]:
+    """Files under ``folder`` (recursively, hidden folders pruned), and links to folders; relative, sorted.
+
+    Files are anything but a folder (pipes and devices too: the scan says why they are
+    skipped). Links to folders are not followed (they could lead anywhere, or loop).
+    """
+    files, links = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS)
         rel_dir = PurePosixPath(Path(dirpath).relative_to(folder).as_posix())
-        for name in filenames:
-            out.append(str(rel_dir / name) if str(rel_dir) != "." else name)
-    return sorted(out)
+
+        def rel(name):
+            return str(rel_dir / name) if str(rel_dir) != "." else name
+
+        visible = [d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS]
+        links.extend(rel(d) for d in visible if os.path.islink(os.path.join(dirpath, d)))
+        dirnames[:] = sorted(d for d in visible if not os.path.islink(os.path.join(dirpath, d)))
+        files.extend(rel(name) for name in filenames)
+    return sorted(files), sorted(links)
 
 
 def _some(names: list[str], limit: int = 5) -> str:
@@ -313,11 +475,13 @@ def listing_signature(root: Path) -> str:
 # ---------------------------------------------------------------------------- scanning
 
 
-def scan_entries(entries: list[Entry], staging: Path | None = None, workers: int | None = None) -> list[Scanned]:
+def scan_entries(entries: list[Entry], staging: Path | None = None, workers: int | None = None,
+                 max_bytes: int = MAX_IMAGE_BYTES) -> list[Scanned]:
     """Check every entry (in parallel threads; Pillow decodes without the GIL).
 
     With ``staging``, what will be kept is written there (``<index>``), so each file is
-    read once; without it the scan is read-only (``tune data info`` on a folder).
+    read once; without it the scan is read-only (``tune data info`` on a folder). A
+    file over ``max_bytes`` is skipped without being read.
     """
     if staging is not None:
         staging.mkdir(parents=True, exist_ok=True)
@@ -325,7 +489,9 @@ def scan_entries(entries: list[Entry], staging: Path | None = None, workers: int
 
     def work(index: int, entry: Entry) -> Scanned:
         try:
-            raw = entry.read()
+            raw = entry.read(max_bytes)
+        except Unusable as error:
+            return Scanned(entry, Verdict("skip", str(error)))
         except OSError as error:
             return Scanned(entry, Verdict("skip", f"unreadable file ({error.strerror or error})"))
         verdict = check_image(raw)
