@@ -1,7 +1,7 @@
 """Test accuracy of a trained model before and after re-estimating its batch-norm statistics.
 
 With few steps per epoch, batch norm's moving statistics lag the weights and the
-model predicts one class in inference mode (DESIGN.md, "Batch norm on small
+model predicts one class in inference mode (docs/ENGINE.md, "Batch norm on small
 datasets"). `tune export` re-estimates them over the training data
 (``xtune.results.reestimate_batch_norm``); this measures what that changes.
 

@@ -3,7 +3,7 @@
     python -m benchmarks.distributed [--repeats 2] [--max-trials 10] [--max-epochs 4]
 
 The same tiny plan (two classes of generated 32 px images, the small space, seed 3)
-runs under ``launch_search`` (what ``tune search --workers N`` does) with 1 worker of
+runs under ``start_search`` with ``--workers N`` (what ``tune search --workers N`` does) with 1 worker of
 all the cores' threads and with 2 workers splitting them (TensorFlow intra- and
 inter-op threads and OpenMP threads, per worker), alternating, each ``--repeats``
 times; the best run of each counts (other jobs share the machine). Trials per hour
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.images import make_image_folder  # noqa: E402  (run from the repository root)
+from xtune.data._synthetic import make_image_folder
 
 RESULT = Path(__file__).parent / "results" / "distributed.json"
 
@@ -45,21 +45,29 @@ def machine() -> dict:
 
 
 def one_run(workdir: Path, images: Path, data_dir: Path, given: dict, workers: int, threads: int, tag: str) -> dict:
-    from xtune.search._distributed import launch_search
+    from xtune._events import TrialEnded, TrialStarted
+    from xtune.search import SearchRequest, start_search
 
     marks = {"first_start": None, "last_end": None, "ended": 0}
 
     def progress(event):
         now = time.monotonic()
-        if event["event"] == "trial_start" and marks["first_start"] is None:
+        if isinstance(event, TrialStarted) and marks["first_start"] is None:
             marks["first_start"] = now
-        if event["event"] == "trial_end":
+        if isinstance(event, TrialEnded):
             marks["last_end"], marks["ended"] = now, marks["ended"] + 1
 
     load = os.getloadavg()[0]
     start = time.monotonic()
-    outcome = launch_search(workdir / tag, given, workers=workers, threads=threads, space_ref="small",
-                            data_dir=data_dir, progress=progress)
+    request = SearchRequest(str(workdir / tag), given, "small", str(data_dir), workers=workers)
+    env = {name: str(threads) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the launcher passes its own split to workers; this sets the 1-worker case
+    try:
+        outcome = start_search(request, progress)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     wall = time.monotonic() - start
     trial_phase = marks["last_end"] - marks["first_start"]
     return {"workers": workers, "threads_per_worker": threads, "status": outcome.status,

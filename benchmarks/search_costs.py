@@ -58,6 +58,7 @@ class _Recorder:
         self.rss = []
 
     def __call__(self, event):
+        event = {**event.to_dict(), "time": time.monotonic()}
         self.events.append(event)
         if event["event"] == "trial_end":
             self.rss.append(round(rss_mb(), 1))
@@ -199,7 +200,7 @@ def supervised_memory(data_dir: Path, work: Path, trials: int = 30) -> dict:
     wall = time.monotonic() - start
     if done.returncode != 0:
         raise SystemExit(f"tune search failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
-    records = [t.record for t in load_project(project).trials]
+    records = [t.record.to_dict() for t in load_project(project).trials]
     ended = sorted((r for r in records if r.get("rss_mb_after")), key=lambda r: r["trial_id"])
     rss = [r["rss_mb_after"] for r in ended]
     shutil.rmtree(project, ignore_errors=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from tests.images import make_image_folder  # noqa: E402
+from xtune.data._synthetic import make_image_folder
 
 PHASES = ("first trial", "between trials", "inside an epoch", "during a state write")
 
@@ -72,7 +72,7 @@ def trials_on_disk(project: Path) -> dict:
         json.loads((project / f"trial_{t.trial_id}" / "trial.json").read_text())
         out[t.trial_id] = {"status": t.status, "values": t.values, "bracket": t.bracket, "round": t.round,
                            "parent": t.parent, "initial_epoch": t.initial_epoch,
-                           "epochs_saved": (t.backup or {}).get("epochs_done"), "record": t.record}
+                           "epochs_saved": (t.backup or {}).get("epochs_done"), "record": t.record.to_dict()}
     return out
 
 

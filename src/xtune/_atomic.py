@@ -1,8 +1,10 @@
-"""Atomic writes: a temporary file in the same folder, flushed, fsynced, renamed over.
+"""Atomic writes: a temporary file (or folder) in the same folder, fsynced, renamed over.
 
 A kill or a crash at any moment leaves either the old file or the new one, never a
 truncated one. A write that fails (a full disk) removes its temporary file and raises
-``OSError``; the old file is untouched.
+``OSError``; the old file is untouched. Folders (a prepared dataset, an export) are
+built the same way by ``atomic_directory``: in a hidden sibling, renamed into place
+when complete; leftovers of a killed build are hidden siblings, removed next time.
 
 Fault injection for tests: with ``XTUNE_FAULT_PAUSE_WRITE=<seconds>`` every atomic
 write stops half-way through its temporary file for that long (so a test can kill
@@ -13,11 +15,14 @@ matching paths fail as a full disk would.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,19 +155,81 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def keras_tuner_save_json(path, obj) -> str:
-    """Drop-in for ``keras_tuner.src.utils.save_json``, but atomic (no indent, as theirs)."""
-    return write_json(path, obj, indent=None)
+# -- folders ---------------------------------------------------------------------------------------
+
+OLD_MARK = ".old-"
 
 
-def install_keras_tuner_atomic_writes() -> Callable:
-    """Make every KerasTuner state file (oracle.json, trial.json, tuner0.json) atomic.
+def temp_sibling(final: str | os.PathLike) -> Path:
+    """A fresh hidden folder next to ``final`` to build it in (``.NAME.tmp-PID-RANDOM``)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(mode=0o777 & ~_umask())
+    return tmp
 
-    KerasTuner writes all of them through ``keras_tuner.src.utils.save_json``, which
-    truncates and writes in place; a kill in between leaves a file that no longer
-    loads. Replacing that one function fixes every writer at once. Idempotent.
+
+def swap_into_place(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing what is there."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.parent / f".{final.name}{OLD_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    fsync_dir(final.parent)
+    if old is not None:
+        remove(old)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file or a folder (not following a symbolic link); nothing if it is gone."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_leftovers(folder: str | os.PathLike, name: str | None = None) -> int:
+    """Remove hidden ``.NAME.tmp-*``/``.NAME.old-*`` folders left by killed builds in ``folder``.
+
+    Args:
+        folder: Where to look.
+        name: Only the leftovers of this folder name (default: of any).
     """
-    from keras_tuner.src import utils
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for entry in folder.iterdir():
+        hidden = entry.name.startswith(".")
+        ours = (TMP_MARK in entry.name or OLD_MARK in entry.name) and (
+            name is None or entry.name.startswith(f".{name}{TMP_MARK}") or entry.name.startswith(f".{name}{OLD_MARK}"))
+        if hidden and ours:
+            remove(entry)
+            count += 1
+    return count
 
-    utils.save_json = keras_tuner_save_json
-    return keras_tuner_save_json
+
+@contextmanager
+def atomic_directory(final: str | os.PathLike):
+    """Build a folder atomically: yield a hidden sibling; when the block ends, it becomes ``final``.
+
+    ``final`` is replaced only once the block succeeds; an exception (or a kill)
+    leaves the old ``final`` as it was and the sibling removed (or, after a kill, a
+    hidden leftover that ``remove_leftovers`` clears).
+    """
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+        swap_into_place(tmp, final)
+    except BaseException:
+        remove(tmp)
+        raise

@@ -21,6 +21,18 @@ NATIVE_LOG = re.compile(r"^([IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All lo
 _filtering = False
 
 
+def quiet_python_warnings() -> None:
+    """TensorFlow's Python-level chatter (retracing warnings and the like) is not for users.
+
+    Errors still surface; ``XTUNE_DEBUG`` keeps everything.
+    """
+    if os.environ.get("XTUNE_DEBUG"):
+        return
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def filter_native_stderr() -> None:
     """Drop TensorFlow's native start-up chatter from this process's stderr (fd 2).
 

@@ -67,7 +67,7 @@ class _Output:
 def _epochs_once(state):
     """Every trial trained each of its epochs exactly once (a resumed one went on, not over)."""
     for t in state.trials:
-        assert [h["epoch"] for h in t.record["history"]] == list(range(t.initial_epoch + 1, t.epochs + 1)), t
+        assert [h["epoch"] for h in t.record.history] == list(range(t.initial_epoch + 1, t.epochs + 1)), t
 
 
 def _first_round(state):
@@ -111,8 +111,8 @@ def test_two_workers_finish_the_single_process_plan_and_a_killed_worker_loses_no
             assert all(parent.score >= o.score for o in others) and parent.values == t.values
     # No trial ran twice; the killed one went on from its saved epoch.
     _epochs_once(state)
-    assert state.trials[0].record["resumed_at_epochs"] == [1]
-    assert all(t.record["resumed_at_epochs"] == [] for t in state.trials[1:])
+    assert state.trials[0].record.resumed_at_epochs == [1]
+    assert all(t.record.resumed_at_epochs == [] for t in state.trials[1:])
     oracle = json.loads((project / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == [t.trial_id for t in state.trials]
     assert all(v == 1 for v in oracle["run_times"].values())
@@ -149,7 +149,8 @@ def test_chief_and_workers_across_machines_then_a_single_process_resumes(image_f
     finally:
         for p in [chief, *workers.values()]:
             p.kill()
-    out.wait_for(rf"Interrupted.*Resume with: tune search --project {re.escape(str(project))}")
+    out.wait_for(rf"Resume with: tune search --project {re.escape(str(project))}")
+    assert "Interrupted during trial" in out.text
 
     # The search resumes in one process: the killed worker's trial goes on from its saved epoch.
     result = CliRunner().invoke(tune, ["search", "--project", str(project)])
@@ -158,7 +159,7 @@ def test_chief_and_workers_across_machines_then_a_single_process_resumes(image_f
     assert len(state.trials) == state.plan.total_trials == 4
     assert all(t.status == "COMPLETED" for t in state.trials)
     _epochs_once(state)
-    assert state.trials[int(killed_trial)].record["resumed_at_epochs"] == [1]
+    assert state.trials[int(killed_trial)].record.resumed_at_epochs == [1]
     assert len({json.dumps(t.values, sort_keys=True) for t in state.trials}) == 4
 
 
@@ -205,7 +206,7 @@ class _IdleThenTrial:
     """A stand-in for KerasTuner's OracleClient: IDLE a few times, then a trial."""
 
     def __init__(self, idle, error=None):
-        from keras_tuner.src.engine import trial as trial_module
+        from keras_tuner.engine import trial as trial_module
 
         self.module, self.idle, self.error, self.calls = trial_module, idle, error, 0
 
@@ -217,13 +218,19 @@ class _IdleThenTrial:
         return self.module.Trial(None, trial_id="0007", status=status)
 
 
-def test_a_waiting_worker_sleeps_longer_and_longer_instead_of_spinning():
-    from xtune.search._distributed import _PatientClient
+def _remote(calls, event, on_wait=None):
+    import keras_tuner
 
-    event, waits = _Recorder(), []
-    client = _PatientClient(_IdleThenTrial(idle=6), event, on_wait=lambda: waits.append(1))
+    from xtune.search._worker import RemoteOracle
+
+    return RemoteOracle(calls, keras_tuner.Objective("val_accuracy", "max"), event, on_wait)
+
+
+def test_a_waiting_worker_sleeps_longer_and_longer_instead_of_spinning():
+    calls, event, waits = _IdleThenTrial(idle=6), _Recorder(), []
+    client = _remote(calls, event, on_wait=lambda: waits.append(1))
     assert client.create_trial("worker-1").trial_id == "0007"
-    assert client._client.calls == 7 and event.waits == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0] and waits == [1]
+    assert calls.calls == 7 and event.waits == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0] and waits == [1]
     assert client.current_trial == "0007"
 
 
@@ -231,16 +238,36 @@ def test_a_worker_stops_cleanly_when_asked_or_when_the_chief_is_gone():
     import grpc
 
     from xtune.search._callbacks import ChiefLost, SearchInterrupted
-    from xtune.search._distributed import _PatientClient
 
     event = _Recorder()
     event.set()
     with pytest.raises(SearchInterrupted):
-        _PatientClient(_IdleThenTrial(idle=100), event).create_trial("worker-1")
+        _remote(_IdleThenTrial(idle=100), event).create_trial("worker-1")
 
     class Unavailable(grpc.RpcError):
         def code(self):
             return grpc.StatusCode.UNAVAILABLE
 
     with pytest.raises(ChiefLost, match="UNAVAILABLE"):
-        _PatientClient(_IdleThenTrial(0, Unavailable()), _Recorder()).create_trial("worker-1")
+        _remote(_IdleThenTrial(0, Unavailable()), _Recorder()).create_trial("worker-1")
+
+
+def test_workers_restart_themselves_when_their_memory_grows(image_folder, data_dir, tmp_path):
+    """As a single search process does: past XTUNE_RECYCLE_MB of growth a worker ends between
+    trials and its supervisor starts it again under the same id; every trial still runs once."""
+    project = tmp_path / "recycled-workers"
+    args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
+            "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "4",
+            "--max-epochs", "2", "--factor", "2", "--seed", "5", "--workers", "2"]
+    env = dict(os.environ, XTUNE_RECYCLE_MB="0", TF_CPP_MIN_LOG_LEVEL="3")  # 0: after every trial
+    out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    recycled = re.findall(r"^(worker-\d): Continuing in a fresh process to release memory", out.stdout, re.M)
+    state = load_project(project)
+    assert len(state.trials) == state.plan.total_trials == 4
+    assert all(t.status == "COMPLETED" for t in state.trials)
+    _epochs_once(state)  # no trial ran twice
+    # A worker ends itself after each of its trials but the last one of the plan.
+    assert len(recycled) >= len(state.trials) - 2 and set(recycled) <= {"worker-1", "worker-2"}
+    assert "Traceback" not in out.stdout + out.stderr

@@ -5,20 +5,23 @@ import random
 
 import keras_tuner
 import pytest
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine.trial import TrialStatus as TS
 
-from xtune.search import hyperband_plan
+from xtune.search import _kt, hyperband_plan
 from xtune.search._oracle import PlannedHyperbandOracle
+from xtune.search._sampler import ConfigSampler
+from xtune.search._state import space_values
 from xtune.spaces import load_space, sample_config
-
-TS = trial_module.TrialStatus
 
 
 def make_oracle(tmp_path, plan, seed=7, space="small", name="p"):
     hp = keras_tuner.HyperParameters()
-    sample_config(hp, load_space(space))
-    oracle = PlannedHyperbandOracle(keras_tuner.Objective("val_accuracy", "max"), plan, seed=seed, hyperparameters=hp)
-    oracle._set_project_dir(str(tmp_path), name)
+    loaded = load_space(space)
+    sample_config(hp, loaded)
+    sampler = ConfigSampler(loaded, seed, first=[loaded.default_config().to_dict()])
+    oracle = PlannedHyperbandOracle(keras_tuner.Objective("val_accuracy", "max"), plan, sampler, hyperparameters=hp)
+    oracle.verbose = 0
+    _kt.attach(oracle, tmp_path / name)
     return oracle
 
 
@@ -68,8 +71,7 @@ def test_promotions_take_the_best_of_the_previous_round(tmp_path):
     for t in trials[5:7]:
         assert t.hyperparameters.values["tuner/initial_epoch"] == 2
         parent = oracle.get_trial(t.hyperparameters.values["tuner/trial_id"])
-        strip = lambda v: {k: x for k, x in v.items() if not k.startswith("tuner/")}
-        assert strip(t.hyperparameters.values) == strip(parent.hyperparameters.values)
+        assert space_values(t.hyperparameters.values) == space_values(parent.hyperparameters.values)
 
 
 def test_failed_trials_do_not_stall_a_bracket(tmp_path):
@@ -142,7 +144,7 @@ def test_the_first_trial_is_the_default_configuration(tmp_path):
 
     oracle = make_oracle(tmp_path, hyperband_plan(10, 4, 3), space="default")
     first = oracle.create_trial("tuner0")
-    values = {k: v for k, v in first.hyperparameters.values.items() if not k.startswith("tuner/")}
+    values = space_values(first.hyperparameters.values)
     assert values == PRESETS["seed"].to_dict()  # the book's model is always measured
     second = oracle.create_trial("tuner1")
-    assert {k: v for k, v in second.hyperparameters.values.items() if not k.startswith("tuner/")} != values
+    assert space_values(second.hyperparameters.values) != values

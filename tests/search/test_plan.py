@@ -62,10 +62,11 @@ def test_more_budget_never_means_fewer_trials():
 def test_command_line_defaults_are_the_settings_defaults():
     import dataclasses
 
-    from xtune.cli import search
+    from xtune.cli.cmd_search import search
     from xtune.search import SearchSettings
 
     defaults = {p.name: p.default for p in search.params}
+    defaults["max_image_bytes"] = defaults.pop("max_image_mb") << 20
     for field in dataclasses.fields(SearchSettings):
         if field.name == "data":
             continue

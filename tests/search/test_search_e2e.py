@@ -33,7 +33,8 @@ def test_trials_equal_the_plan_and_each_has_a_score(finished):
     assert len(state.trials) == 10
     assert all(t.status == "COMPLETED" and t.score is not None for t in state.trials)
     assert [(t.bracket, t.round, t.epochs) for t in state.trials] == [(1, 0, 2)] * 5 + [(1, 1, 4)] * 2 + [(0, 0, 4)] * 3
-    assert "trial  1/10" in output and "trial 10/10" in output
+    # One numbering: the trial's id, then how many of the plan's trials have ended.
+    assert "trial 0000  1/10  b1 r0" in output and "trial 0009  10/10  b0 r0" in output
     assert "Search finished: 10 trials (10 completed, 0 failed)" in output
     assert (project / "finished.json").exists()
 
@@ -42,7 +43,7 @@ def test_promoted_trials_continue_from_their_parent(finished):
     project, _ = finished
     for t in load_project(project).trials:
         if t.parent is not None:
-            assert [h["epoch"] for h in t.record["history"]] == [3, 4]
+            assert [h["epoch"] for h in t.record.history] == [3, 4]
 
 
 def test_tensorboard_events_parse_with_hparams(finished):
@@ -50,9 +51,11 @@ def test_tensorboard_events_parse_with_hparams(finished):
     from tensorboard.plugins.hparams import metadata as hparams_metadata
     from tensorboard.plugins.hparams import plugin_data_pb2
 
+    from xtune.search._board import run_name
+
     project, _ = finished
     for t in load_project(project).trials:
-        logdir = project / "logs" / t.trial_id
+        logdir = project / "logs" / run_name(t.trial_id, t.bracket, t.round)
         scalars = set()
         for f in _event_files(logdir / "validation"):
             for event in event_file_loader.EventFileLoader(str(f)).Load():
@@ -67,7 +70,9 @@ def test_tensorboard_events_parse_with_hparams(finished):
                     if value.tag == hparams_metadata.SESSION_START_INFO_TAG:
                         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                         hparams = {k: v for k, v in data.session_start_info.hparams.items()}
-        assert set(hparams) == set(t.values) | {"bracket", "round"}
+        # Every column has a value in every trial (an inactive one, bn_momentum without batch norm, a placeholder).
+        names = {spec["name"] for spec in load_project(project).run["space"]["specs"]}
+        assert set(hparams) == names | {"bracket", "round"} and set(t.values) <= names
         assert not any(k.startswith("tuner/") for k in hparams)
         assert hparams["round"].number_value == t.round
 
@@ -145,9 +150,9 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
     assert len(after.trials) == after.plan.total_trials == 10
     assert all(t.status == "COMPLETED" for t in after.trials)
     for trial_id, t in before.items():  # kept, never re-run
-        assert after.trials[int(trial_id)].record["history"] == t.record["history"]
+        assert after.trials[int(trial_id)].record.history == t.record.history
         assert (project / f"trial_{trial_id}" / "checkpoint.weights.h5").stat().st_mtime_ns == stamps[trial_id]
-    assert after.trials[0].record["resumed_at_epochs"] == [1]  # the Ctrl-C'd trial went on from epoch 1
+    assert after.trials[0].record.resumed_at_epochs == [1]  # the Ctrl-C'd trial went on from epoch 1
 
 
 def test_a_second_search_on_a_locked_project_is_refused(finished, image_folder, data_dir):
@@ -192,7 +197,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(image_folder, data_d
     assert failed and outcome.failed == len(failed) and outcome.completed > 0
     for t in failed:
         assert t.values["conv_type"] == "standard"
-        assert "too deep for this test" in t.record["reason"]
+        assert "too deep for this test" in t.record.reason
 
     # All failing: the search stops after --max-failures in a row, resumably.
     monkeypatch.setattr(_hypermodel, "build_model", lambda *a, **k: (_ for _ in ()).throw(MemoryError("OOM")))
@@ -221,7 +226,7 @@ def test_board_serves_tensorboard(finished):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        assert any(run.startswith("0000") for run in runs)
+        assert any(run.startswith("trial_0000-b1r0") for run in runs)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -245,9 +250,11 @@ def test_a_transient_failure_runs_once_more(image_folder, data_dir, tmp_path, mo
     outcome = run_search(tmp_path / "hiccup", given, space_ref="small", data_dir=data_dir, progress=events.append,
                          tensorboard=False)
     assert outcome.status == "finished" and outcome.failed == 0 and outcome.completed == 2
-    retries = [e for e in events if e["event"] == "trial_retry"]
-    assert [e["trial_id"] for e in retries] == ["0001"]
-    assert "could not create a primitive descriptor" in retries[0]["reason"]
+    from xtune._events import TrialRetry
+
+    retries = [e for e in events if isinstance(e, TrialRetry)]
+    assert [e.trial_id for e in retries] == ["0001"]
+    assert "could not create a primitive descriptor" in retries[0].reason
     assert calls[1] == calls[2]  # the same trial, run again
 
 
@@ -272,7 +279,7 @@ def test_a_full_disk_stops_cleanly_and_the_search_resumes(image_folder, data_dir
     monkeypatch.delenv("XTUNE_FAULT_ENOSPC")  # space is free again
     outcome = run_search(project, {}, data_dir=data_dir, tensorboard=False)
     assert outcome.status == "finished" and outcome.completed == 2
-    assert load_project(project).trials[0].record["resumed_at_epochs"] == [1]
+    assert load_project(project).trials[0].record.resumed_at_epochs == [1]
 
 
 def test_a_trial_that_crashes_the_process_is_resumed_then_failed(image_folder, data_dir, tmp_path):
@@ -291,7 +298,7 @@ def test_a_trial_that_crashes_the_process_is_resumed_then_failed(image_folder, d
     assert "Search finished: 2 trials (1 completed, 1 failed)" in out.stdout
     first = load_project(project).trials[0]
     assert first.status == "FAILED"
-    assert "the process died 2 times while training this trial from epoch 1" in first.record["reason"]
+    assert "the process died 2 times while training this trial from epoch 1" in first.record.reason
 
 
 def test_a_search_whose_memory_grows_continues_in_a_fresh_process(image_folder, data_dir, tmp_path):

@@ -94,6 +94,8 @@ def test_narrowing_fixes_restricts_and_narrows(tmp_path):
         ("base_width = [12]", "base_width = 12 is outside the family (allowed: 8, 16, 32, 64)"),
         ("base_width = []", "base_width: empty list"),
         ("dropout = { min = 0.4, max = 0.2 }", "dropout: empty range, min 0.4 > max 0.2"),
+        ("num_stages = { min = 0, max = 9 }", "num_stages: {min = 0, max = 9} reaches outside the family (allowed: 1..6)"),
+        ("dropout = { max = 0.9 }", "dropout: {min = 0, max = 0.9} reaches outside the family"),
         ('conv_type = { min = 1, max = 2 }', "min/max only narrow numeric"),
         ('conv_type = "depthwise"', 'conv_type = "depthwise" is outside the family'),
         ("kernel_size = { values = [3], default = 5 }", "kernel_size default = 5 is outside"),

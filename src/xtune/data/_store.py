@@ -5,7 +5,7 @@
     <data dir>/
       prepared/<name>/            complete prepared copies: {train,validation,test}/<class>/...
                                   and prepared.json, written last
-      prepared/.tmp-<name>-...    a copy being built (a leftover one is removed, never used)
+      prepared/.<name>.tmp-...    a copy being built (a leftover one is removed, never used)
       downloads/dogs-vs-cats.zip  complete downloads only (``.part`` folders while downloading)
       sources/demo-digits/        the demo images, written once
       cache/                      decoded images of a running process (``cache="disk"``)
@@ -27,8 +27,6 @@ from xtune import _atomic
 from xtune.errors import DataError
 
 MARKER = "prepared.json"
-TMP_PREFIX = ".tmp-"
-OLD_PREFIX = ".old-"
 
 
 def default_data_dir() -> Path:
@@ -81,39 +79,17 @@ def locked(folder: Path):
 
 
 def temp_sibling(final: Path) -> Path:
-    """A fresh, hidden folder next to ``final`` to build into."""
-    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    return tmp
+    """A fresh, hidden folder next to ``final`` to build into (``xtune._atomic``)."""
+    return _atomic.temp_sibling(final)
 
 
 def remove_stale(folder: Path) -> None:
-    """Remove half-built folders and files left by killed processes (call under the lock)."""
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-            remove(entry)
+    """Remove half-built folders left by killed processes (call under the lock)."""
+    _atomic.remove_leftovers(folder)
 
 
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename the complete ``tmp`` folder to ``final``, replacing what is there."""
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.parent / f"{OLD_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _atomic.fsync_dir(final.parent)
-    if old is not None:
-        remove(old)
+remove = _atomic.remove
+swap_into_place = _atomic.swap_into_place
 
 
 def read_marker(folder: Path) -> dict | None:

@@ -23,7 +23,7 @@ def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
 
     With few steps per epoch the moving statistics (momentum 0.99) still carry the
     early epochs when training ends, and the model predicts one class in inference
-    mode (DESIGN.md, "Batch norm on small datasets"). This runs the model in training
+    mode (docs/ENGINE.md, "Batch norm on small datasets"). This runs the model in training
     mode over ``batches`` with each layer's momentum set to ``(k - 1) / k`` at batch
     ``k``, so the moving mean and variance become the plain average of the per-batch
     statistics: what the layers normalized with in training, with the final weights.

@@ -8,9 +8,10 @@ runs/NAME/export/            (or --out; runs/NAME/export-seed/ for --preset seed
   model_card.json, README.md what it is, what it was trained on, how well it tests
 ```
 
-The folder is built as a hidden sibling (``.export.tmp-*``) and renamed into place
-once every format has been reloaded and agrees with the trained model; a failed or
-interrupted export leaves no model folder behind.
+The folder is built as a hidden sibling (``.export.tmp-*``, ``xtune._atomic.atomic_directory``)
+and renamed into place once every format has been reloaded and agrees with the
+trained model; a failed or interrupted export leaves no model folder behind. It
+carries xtune's marker (``.xtune-export``): ``--overwrite`` replaces only such a folder.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import datetime as _dt
 import io
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from xtune import _atomic
+from xtune._events import ExportEnded, ExportPhase, ExportStarted
 from xtune._owned import EXPORT_ENTRIES, check_export_target, describe, entries, foreign, has_marker, write_marker
 from xtune.errors import DataError, ProjectError, UsageError
 from xtune.results._card import render_card_markdown
 from xtune.results._metrics import classification_metrics
 from xtune.results._rows import best_trial, class_names as recorded_class_names, completed_trials, trial_config
-from xtune.search._project import load_project
+from xtune.search._state import load_project
 from xtune.spaces import PRESETS, MiniXceptionConfig
 
 CARD_FILE = "model_card.json"
@@ -45,7 +45,6 @@ TRAIN_ON = ("train", "train+val")
 # (max absolute difference over CHECK_IMAGES test images), or the export fails.
 TOLERANCE = 1e-4
 CHECK_IMAGES = 32
-_TMP = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,24 @@ def default_epochs(best_epoch: int, train_size: int, trained_size: int) -> int:
     return max(1, int(best_epoch * trained_size / max(train_size, 1) + 0.5))
 
 
+@dataclass
+class ExportJob:
+    """What an export will do, decided before any data is loaded or anything trained."""
+
+    state: object
+    out: Path
+    name: str  # "searched", or the preset's name
+    preset: str | None
+    trial: object | None  # the trial exported (None for a preset trained with --epochs)
+    config: MiniXceptionConfig
+    retrain: bool
+    train_on: str
+    epochs: int | None
+    best_epoch: int
+    checkpoint: Path | None
+    seed: int
+
+
 def export_model(
     project: Path,
     *,
@@ -107,15 +124,15 @@ def export_model(
 ) -> ExportReport:
     """Retrain the best configuration of a search (or a preset), test it and export it.
 
-    The model is rebuilt from its stored hyperparameters and trained from scratch
-    with the trial's seed (``trial_seed``, reseeded each epoch as in the search),
-    batch size, augmentation and data order: a first-round trial retrained on
-    "train" repeats its search run exactly. Its batch-norm
-    statistics are then re-estimated over the training data (see
-    ``reestimate_batch_norm``; the card keeps the test metrics before and after), it
-    is evaluated on the test split, written as
-    ``model.keras``, ``saved_model/`` and ``model.tflite``, and every format is
-    reloaded and checked against it (``TOLERANCE``).
+    The steps, each a function below: ``plan_export`` (what, where; every refusal
+    happens here, before any training), ``load_export_data``, ``train_or_load``
+    (rebuilt from the stored hyperparameters and trained from scratch with the
+    trial's seed, reseeded each epoch as in the search, its batch size,
+    augmentation and data order: a first-round trial retrained on "train" repeats
+    its search run exactly), ``refresh_batch_norm`` (see ``reestimate_batch_norm``;
+    the card keeps the test metrics before and after), ``evaluate_export`` (the
+    test split), ``write_export`` (``model.keras``, ``saved_model/`` and
+    ``model.tflite``, each reloaded and checked against the model, ``TOLERANCE``).
 
     Args:
         project: The search directory.
@@ -128,10 +145,10 @@ def export_model(
         preset: Train this ``PRESETS`` configuration (e.g. "seed", the book's model)
             instead of the searched best, with the same data and settings.
         trial_id: Export this completed trial instead of the best one.
-        overwrite: Replace ``out`` if it exists.
+        overwrite: Replace ``out`` if xtune wrote it (an earlier export).
         data_dir: Where prepared data is cached (as for ``tune search``).
-        progress: Called with event dicts: ``export_start``, ``phase``,
-            ``epoch_end``, ``export_end``.
+        progress: Called with events (``ExportStarted``, ``ExportPhase``,
+            ``EpochEnded``, ``ExportEnded``).
         splits: Pre-built data splits (as ``run_search`` accepts); by default the
             search's data is prepared and split again, and must be unchanged.
 
@@ -139,13 +156,39 @@ def export_model(
         An ``ExportReport``.
 
     Raises:
-        UsageError: Contradictory options.
-        ProjectError: No such search, no completed trial, ``out`` exists, a format
-            that does not reload or does not agree with the trained model.
+        UsageError: Contradictory options, or an ``out`` that is not ours to write.
+        ProjectError: No such search, no completed trial, ``out`` holds an earlier
+            export (without ``overwrite``), a format that does not reload or does not
+            agree with the trained model.
         DataError: The search's data cannot be loaded or has changed.
     """
     emit = progress or (lambda event: None)
-    project = Path(project)
+    job = plan_export(Path(project), out=out, epochs=epochs, train_on=train_on, retrain=retrain, preset=preset,
+                      trial_id=trial_id, overwrite=overwrite, data_dir=data_dir)
+    emit(ExportPhase("data", f"loading the data of {job.state.settings.data}"))
+    splits, data_info = load_export_data(job, data_dir, splits)
+    from xtune._runtime import configure_devices
+
+    configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
+    emit(ExportStarted(job.name, str(job.out), job.retrain, job.epochs, job.train_on,
+                       job.trial.trial_id if job.trial else None, job.config.to_dict(), dict(splits.sizes)))
+    model, history, seconds, train_stream = train_or_load(job, splits, emit)
+    bn = refresh_batch_norm(job, model, splits, train_stream, emit)
+    emit(ExportPhase("evaluate", "evaluating on the test split"))
+    inference = inference_model(model, job.config, splits)
+    test, check_images = _evaluate(inference, splits.test, list(splits.class_names))
+    if bn is not None:
+        bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
+    card = model_card(job, inference, splits, data_info, history, seconds, bn, test)
+    write_export(job, inference, card, check_images, emit)
+    emit(ExportEnded(str(job.out), test, card["comparison"]))
+    return ExportReport(job.out, card)
+
+
+def plan_export(project: Path, *, out, epochs, train_on, retrain, preset, trial_id, overwrite, data_dir) -> ExportJob:
+    """Check the options and decide what to export where; refuse before anything is trained."""
+    from xtune.search._tuner import CHECKPOINT, trial_seed
+
     state = load_project(project)
     settings = state.settings
     if train_on not in TRAIN_ON:
@@ -170,91 +213,108 @@ def export_model(
     elif preset is None or epochs is None:
         trial = best_trial(state)  # ProjectError when no trial has completed
     config = PRESETS[preset] if preset is not None else trial_config(state, trial)
-    checkpoint = project / f"trial_{trial.trial_id}" / "checkpoint.weights.h5" if trial is not None else None
+    checkpoint = project / f"trial_{trial.trial_id}" / CHECKPOINT if trial is not None else None
     if not retrain and not checkpoint.is_file():
         raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
-
-    emit({"event": "phase", "phase": "data", "message": f"loading the data of {settings.data}"})
-    splits, data_info = _splits_for(state, data_dir, splits)
-    names = list(splits.class_names)
-    recorded = recorded_class_names(state)
-    if recorded and recorded != names:
-        raise DataError(f"the classes of {settings.data!r} are {names}, but the search trained on {recorded}")
-    sizes = dict(splits.sizes)
-    train_size = int(sizes["train"])
-    trained_size = train_size + (int(sizes["validation"]) if train_on == "train+val" else 0)
-    best_epoch = int((trial.record.get("best_epoch") if trial else None) or (trial.epochs if trial else 1))
-    if retrain and epochs is None:
-        epochs = default_epochs(best_epoch, train_size, trained_size)
-
-    import keras
-
-    from xtune._runtime import configure_devices
-    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
-    from xtune.search._tuner import trial_seed
-    from xtune.spaces import build_model, compile_model
-
-    configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
-    input_shape = (settings.image_size, settings.image_size, 3)
-    name = preset or "searched"
-    emit({"event": "export_start", "name": name, "out": str(out), "retrain": retrain, "epochs": epochs,
-          "train_on": train_on, "trial_id": trial.trial_id if trial else None, "config": config.to_dict(),
-          "sizes": sizes})
-
-    # Train (or load the trial's best epoch).
+    best_epoch = int((trial.record.best_epoch if trial else None) or (trial.epochs if trial else 1))
     # The trial's own seed (as the tuner set it): a first-round trial retrained on
     # "train" repeats its search run exactly. A preset shares it, for a fair comparison.
-    seed = trial_seed(settings.seed, trial.trial_id) if trial is not None else settings.seed
+    seed = settings.seed
+    if trial is not None:
+        seed = trial.seed if trial.seed is not None else trial_seed(settings.seed, trial.trial_id)
+    return ExportJob(state, out, preset or "searched", preset, trial, config, retrain, train_on, epochs, best_epoch,
+                     checkpoint, seed)
+
+
+def load_export_data(job: ExportJob, data_dir, splits):
+    """The splits to train and test on (unchanged since the search), and the data record for the card."""
+    splits, data_info = _splits_for(job.state, data_dir, splits)
+    names = list(splits.class_names)
+    recorded = recorded_class_names(job.state)
+    if recorded and recorded != names:
+        raise DataError(f"the classes of {job.state.settings.data!r} are {names}, but the search trained on {recorded}")
+    if job.retrain and job.epochs is None:
+        sizes = dict(splits.sizes)
+        trained = int(sizes["train"]) + (int(sizes["validation"]) if job.train_on == "train+val" else 0)
+        job.epochs = default_epochs(job.best_epoch, int(sizes["train"]), trained)
+    return splits, data_info
+
+
+def train_or_load(job: ExportJob, splits, emit):
+    """Build the model as the search built it and train it, or load the trial's best epoch.
+
+    Returns:
+        ``(model, history, seconds, (train stream, steps per epoch))``.
+    """
+    import keras
+
+    from xtune.spaces import build_model, compile_model
+
     keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(job.seed)
+    input_shape = (job.state.settings.image_size, job.state.settings.image_size, 3)
     # Built as the search built it (its checkpoints load by layer name); exported as the book writes it.
-    model = compile_model(build_model(config, input_shape, len(names), strided_projection=False), config)
+    model = compile_model(build_model(job.config, input_shape, len(splits.class_names), strided_projection=False),
+                          job.config)
     started = time.monotonic()
-    if retrain:
-        train_data, steps = _training_stream(splits, train_on, settings)
-        emit({"event": "phase", "phase": "train",
-              "message": f"training {epochs} epoch(s) on {train_on} ({trained_size} images, {steps} steps/epoch)"})
-        history = _fit(model, train_data, steps, epochs, None if train_on == "train+val" else splits.validation,
-                       seed, emit)
+    if job.retrain:
+        train_data, steps = _training_stream(splits, job.train_on, job.state.settings)
+        trained = int(splits.sizes["train"]) + (int(splits.sizes["validation"]) if job.train_on == "train+val" else 0)
+        emit(ExportPhase("train", f"training {job.epochs} epoch(s) on {job.train_on} ({trained} images, "
+                                  f"{steps} steps/epoch)"))
+        history = _fit(model, train_data, steps, job.epochs,
+                       None if job.train_on == "train+val" else splits.validation, job.seed, emit)
     else:
-        emit({"event": "phase", "phase": "load", "message": f"loading the best epoch of trial {trial.trial_id}"})
+        emit(ExportPhase("load", f"loading the best epoch of trial {job.trial.trial_id}"))
         model.optimizer.build(model.trainable_variables)  # else Keras skips the optimizer state
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.load_weights(os.fspath(checkpoint))
-        history = [h for h in trial.record.get("history", []) if h.get("epoch", 0) <= best_epoch]
+            model.load_weights(os.fspath(job.checkpoint))
+        history = [h for h in job.trial.record.history if h.get("epoch", 0) <= job.best_epoch]
         train_data, steps = splits.train(), splits.steps_per_epoch
-    seconds = time.monotonic() - started
+    return model, history, time.monotonic() - started, (train_data, steps)
 
-    # Batch-norm statistics of the final weights, then the inference model: the same
-    # weights, no augmentation layers.
-    bn = None
-    if batch_norm_layers(model):
-        before = _evaluate(_inference_model(model, config, input_shape, len(names)), splits.test, names)[0]
-        count = reestimation_steps(steps)
-        emit({"event": "phase", "phase": "batch_norm",
-              "message": f"re-estimating batch-norm statistics over {count} training batches"})
-        keras.utils.set_random_seed(seed)
-        used = reestimate_batch_norm(model, iter(train_data), steps=count)
-        bn = {"batches": used, "augmentation": config.augmentation,
-              "test_before": {k: before[k] for k in ("accuracy", "loss")}}
-    inference = _inference_model(model, config, input_shape, len(names))
-    emit({"event": "phase", "phase": "evaluate", "message": "evaluating on the test split"})
-    test, check_images = _evaluate(inference, splits.test, names)
-    if bn is not None:
-        bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
-    reference = np.asarray(inference(check_images, training=False))
 
-    card = {
+def refresh_batch_norm(job: ExportJob, model, splits, train_stream, emit) -> dict | None:
+    """Re-estimate batch-norm statistics of the final weights; None when the model has none."""
+    import keras
+
+    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
+
+    if not batch_norm_layers(model):
+        return None
+    before = _evaluate(inference_model(model, job.config, splits), splits.test, list(splits.class_names))[0]
+    train_data, steps = train_stream
+    count = reestimation_steps(steps)
+    emit(ExportPhase("batch_norm", f"re-estimating batch-norm statistics over {count} training batches"))
+    keras.utils.set_random_seed(job.seed)
+    used = reestimate_batch_norm(model, iter(train_data), steps=count)
+    return {"batches": used, "augmentation": job.config.augmentation,
+            "test_before": {k: before[k] for k in ("accuracy", "loss")}}
+
+
+def inference_model(model, config: MiniXceptionConfig, splits):
+    """The trained model's weights in the model that is exported (no augmentation layers)."""
+    size = int(splits.image_size)
+    return _inference_model(model, config, (size, size, 3), len(splits.class_names))
+
+
+def model_card(job: ExportJob, inference, splits, data_info, history, seconds, bn, test) -> dict:
+    """What the exported model is, how it was trained, how it tests (``model_card.json``)."""
+    names = list(splits.class_names)
+    settings, trial = job.state.settings, job.trial
+    input_shape = (settings.image_size, settings.image_size, 3)
+    sizes = {k: int(v) for k, v in dict(splits.sizes).items()}
+    return {
         "format": CARD_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "name": name,
+        "name": job.name,
         "model": {
-            "source": (f"preset {preset!r} (xtune.spaces.PRESETS)" if preset is not None
-                       else f"trial {trial.trial_id} of the search in {project}"),
-            "trial_id": trial.trial_id if preset is None else None,
-            "config": config.to_dict(),
-            "widths": list(config.widths),
+            "source": (f"preset {job.preset!r} (xtune.spaces.PRESETS)" if job.preset is not None
+                       else f"trial {trial.trial_id} of the search in {job.state.path}"),
+            "trial_id": trial.trial_id if job.preset is None else None,
+            "config": job.config.to_dict(),
+            "widths": list(job.config.widths),
             "params": int(inference.count_params()),
             "input_shape": list(input_shape),
             "input": (f"RGB images resized (bilinear) to {input_shape[0]}x{input_shape[1]}, float32 pixel values "
@@ -266,52 +326,45 @@ def export_model(
         "data": {
             "source": settings.data,
             "fingerprint": (data_info or {}).get("fingerprint"),
-            "splits": {k: int(v) for k, v in sizes.items()},
-            "trained_on": train_on,
-            "training_images": trained_size,
+            "splits": sizes,
+            "trained_on": job.train_on,
+            "training_images": sizes["train"] + (sizes["validation"] if job.train_on == "train+val" else 0),
         },
         "training": {
-            "retrained": retrain,
-            "epochs": epochs if retrain else best_epoch,
-            "epochs_rule": _epochs_rule(retrain, epochs, best_epoch, train_on, trial),
+            "retrained": job.retrain,
+            "epochs": job.epochs if job.retrain else job.best_epoch,
+            "epochs_rule": _epochs_rule(job.retrain, job.epochs, job.best_epoch, job.train_on, trial),
             "batch_size": settings.batch_size,
-            "seed": seed,
-            "augmentation": {"flip": config.flip, "rotation": config.rotation, "zoom": config.zoom},
-            "optimizer": config.optimizer,
-            "learning_rate": config.learning_rate,
+            "seed": job.seed,
+            "augmentation": {"flip": job.config.flip, "rotation": job.config.rotation, "zoom": job.config.zoom},
+            "optimizer": job.config.optimizer,
+            "learning_rate": job.config.learning_rate,
             "seconds": round(seconds, 1),
             "history": history,
             "batch_norm_reestimation": bn,
         },
         "test": test,
-        "search": _search_summary(state, trial),
+        "search": _search_summary(job.state, trial),
         "formats": {},
         "comparison": {},
         "versions": _versions(),
     }
 
-    # Write, reload, compare; install only if every format agrees.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TMP}", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is as shareable as a mkdir
-        emit({"event": "phase", "phase": "write", "message": "writing model.keras, saved_model/, model.tflite"})
+
+def write_export(job: ExportJob, inference, card: dict, check_images, emit) -> None:
+    """Write every format into a hidden sibling, reload and compare, then install it as ``job.out``."""
+    reference = np.asarray(inference(check_images, training=False))
+    _atomic.remove_leftovers(job.out.parent, job.out.name)  # of an export that was killed
+    with _atomic.atomic_directory(job.out) as tmp:
+        emit(ExportPhase("write", "writing model.keras, saved_model/, model.tflite"))
         _write_formats(inference, tmp)
-        emit({"event": "phase", "phase": "verify", "message": f"reloading every format and comparing predictions "
-              f"on {len(check_images)} test images (tolerance {TOLERANCE:g})"})
+        emit(ExportPhase("verify", f"reloading every format and comparing predictions on {len(check_images)} test "
+                                   f"images (tolerance {TOLERANCE:g})"))
         card["formats"] = verify_formats(tmp, check_images, reference)
-        card["comparison"] = _comparison(project, preset, card)
+        card["comparison"] = _comparison(job.state.path, job.preset, card)
         _atomic.write_json(tmp / CARD_FILE, card)
-        write_marker(tmp, "export")
         _atomic.write_text(tmp / "README.md", render_card_markdown(card))
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    report = ExportReport(out, card)
-    emit({"event": "export_end", "out": str(out), "test": test, "comparison": card["comparison"]})
-    return report
+        write_marker(tmp, "export")
 
 
 def check_export_folder(out: Path, state, data_dir, overwrite: bool) -> None:
@@ -333,15 +386,29 @@ def check_export_folder(out: Path, state, data_dir, overwrite: bool) -> None:
     present = entries(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; choose a folder")
-    if not present:
-        return
-    ours = has_marker(out, "export") or (out / CARD_FILE).is_file()
-    others = foreign(out, EXPORT_ENTRIES) if ours else present
-    if others:
-        raise UsageError(f"{out} holds files xtune did not write ({describe(others, out)}); "
-                         "choose another --out")
-    if not overwrite:
-        raise ProjectError(f"{out} holds an earlier export; pass --overwrite to replace it, or choose another --out")
+    if present:
+        ours = has_marker(out, "export") or (out / CARD_FILE).is_file()
+        others = foreign(out, EXPORT_ENTRIES) if ours else present
+        if others:
+            raise UsageError(f"{out} holds files xtune did not write ({describe(others, out)}); "
+                             "choose another --out")
+        if not overwrite:
+            raise ProjectError(f"{out} holds an earlier export; pass --overwrite to replace it, or choose another --out")
+    _check_writable(out.parent)
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a folder this process cannot write in, before anything is trained."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".write-check{_atomic.TMP_MARK}{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ProjectError(f"cannot write in {existing} ({error.strerror or error}); "
+                           "make it writable or choose another --out") from None
 
 
 def _completed_trial(state, trial_id: str):
@@ -366,7 +433,7 @@ def _splits_for(state, data_dir, splits):
         return splits, recorded
     from xtune.data import load_splits, prepare_data
 
-    prepared = prepare_data(settings.data, data_dir=data_dir)
+    prepared = prepare_data(settings.data, data_dir=data_dir, **settings.data_options())
     info = prepared.to_dict()
     if recorded.get("fingerprint") not in (None, info.get("fingerprint")):
         raise DataError(f"the data of {settings.data!r} changed since the search in {state.path} ran; "
@@ -411,27 +478,20 @@ def train_and_validation(splits, batch_size: int, seed: int):
 def _fit(model, train_data, steps: int, epochs: int, validation, seed: int, emit) -> list[dict]:
     import keras
 
-    from xtune.search._callbacks import ReseedEachEpoch
+    from xtune.search._callbacks import EpochEvents, ReseedEachEpoch
 
-    class Events(keras.callbacks.Callback):
+    class History(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.history = []
-            self.start = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
-            record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-            self.history.append(record)
-            emit({"event": "epoch_end", "epoch": epoch + 1, "epochs": epochs, "logs": dict(record),
-                  "seconds": time.monotonic() - self.start})
+            self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
-    events = Events()
+    history = History()
     model.fit(train_data, steps_per_epoch=steps, epochs=epochs, validation_data=validation,
-              callbacks=[ReseedEachEpoch(seed), events], verbose=0, shuffle=False)
-    return events.history
+              callbacks=[EpochEvents(emit, None, epochs), ReseedEachEpoch(seed), history], verbose=0, shuffle=False)
+    return history.history
 
 
 def _inference_model(model, config: MiniXceptionConfig, input_shape, num_classes: int):
@@ -560,37 +620,6 @@ def run_tflite(interpreter, images: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-# -- the folder -------------------------------------------------------------------------------
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``out`` (replacing an old ``out``)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}{_TMP}old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale(out: Path) -> None:
-    """Remove hidden ``.<out>.tmp-*`` folders left by an export that was killed."""
-    for stale in out.parent.glob(f".{out.name}{_TMP}*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-
-
 # -- the card ---------------------------------------------------------------------------------
 
 
@@ -619,7 +648,7 @@ def _search_summary(state, trial) -> dict:
         "best_score": float(best.score) if best else None,
         "exported_trial": trial.trial_id if trial else None,
         "exported_trial_score": float(trial.score) if trial and trial.score is not None else None,
-        "exported_trial_best_epoch": trial.record.get("best_epoch") if trial else None,
+        "exported_trial_best_epoch": trial.record.best_epoch if trial else None,
     }
 
 

@@ -27,9 +27,29 @@ def read_card(model_dir: Path) -> dict:
         raise ProjectError(f"{model_dir} is not a tune export (no {CARD_FILE} and model.keras); "
                            "make one with: tune export --project runs/NAME")
     try:
-        return _atomic.read_json(path)
+        card = _atomic.read_json(path)
     except ValueError as error:
-        raise ProjectError(str(error)) from None
+        raise ProjectError(f"{error}; export again with: tune export --project runs/NAME --overwrite") from None
+    names = card.get("class_names") if isinstance(card, dict) else None
+    shape = (card.get("model") or {}).get("input_shape") if isinstance(card, dict) else None
+    if not (isinstance(names, list) and len(names) >= 2 and isinstance(shape, list) and len(shape) == 3):
+        raise ProjectError(f"{path} is damaged (no class_names or input_shape); export again with: "
+                           "tune export --project runs/NAME --overwrite")
+    return card
+
+
+def load_model(model_dir: Path):
+    """``model.keras`` of an export folder; ProjectError (one line) when it does not load."""
+    import keras
+
+    path = Path(model_dir) / "model.keras"
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # Keras raises many kinds on a damaged archive ("File not found", zip errors...)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+        raise ProjectError(f"{path} does not load as a Keras model ({detail}); export again with: "
+                           "tune export --project runs/NAME --overwrite") from None
 
 
 def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
@@ -45,10 +65,10 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     """
     import tensorflow as tf
 
-    from xtune.data._scan import check_image
+    from xtune.data._scan import check_image, read_regular_file
 
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular_file(path)  # a pipe, a device or a huge file is refused unread
     except OSError as error:
         raise ValueError(error.strerror or str(error)) from None
     verdict = check_image(raw)
@@ -93,9 +113,7 @@ def predict_images(model_dir: Path, paths: list[Path]) -> list[dict]:
         except ValueError as error:
             records.append({"path": os.fspath(path), "error": str(error)})
     if images:
-        import keras
-
-        model = keras.models.load_model(Path(model_dir) / "model.keras")
+        model = load_model(model_dir)
         batch = np.stack(images)
         outputs = np.concatenate([np.asarray(model.predict_on_batch(batch[i:i + _BATCH]))
                                   for i in range(0, len(batch), _BATCH)])

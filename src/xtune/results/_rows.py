@@ -1,4 +1,8 @@
-"""Trial rows and the best configuration of a search directory (read-only, no Keras)."""
+"""Trial rows and the best configuration of a search directory (read-only, no Keras).
+
+Everything here asks the read model (``xtune.search.load_project``): the ranking,
+the best trial, the state label are its, not recomputed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xtune.errors import ProjectError
-from xtune.search._project import ProjectState, TrialState, load_project
+from xtune.search._state import ProjectState, TrialState, load_project
 from xtune.spaces import MiniXceptionConfig, SearchSpace, count_params
 
 # The order of a trial's statuses in `tune results` after the ranked (completed) ones.
@@ -21,6 +25,8 @@ class SearchResults:
         project: The search directory.
         state: "running", "finished", "interrupted" or "not started".
         objective: The search's objective (``val_accuracy`` or ``val_loss``).
+        tie_breaker: The metric that breaks ties on the objective (``val_loss``, or
+            ``val_accuracy`` when the objective is a loss).
         rows: One record per trial (see ``trial_rows``), ranked first.
         best: The best trial's configuration (see ``best_config``), or None when no
             trial has completed.
@@ -30,6 +36,7 @@ class SearchResults:
     project: Path
     state: str
     objective: str
+    tie_breaker: str
     rows: list
     best: dict | None
     problems: list
@@ -37,7 +44,11 @@ class SearchResults:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"project": str(self.project), "state": self.state, "objective": self.objective,
-                "trials": self.rows, "best": self.best, "problems": self.problems}
+                "tie_breaker": self.tie_breaker, "trials": self.rows, "best": self.best, "problems": self.problems}
+
+
+def tie_breaker(objective: str) -> str:
+    return "val_accuracy" if objective.endswith("loss") else "val_loss"
 
 
 def search_results(project: Path, *, top: int | None = None) -> SearchResults:
@@ -58,21 +69,14 @@ def search_results(project: Path, *, top: int | None = None) -> SearchResults:
     rows = trial_rows(state)
     if top is not None:
         rows = [r for r in rows if r["rank"] is not None][:top]
-    best = best_config(state) if completed_trials(state) else None
-    return SearchResults(Path(project), _state_label(state), state.settings.objective, rows, best,
+    best = best_config(state) if state.best is not None else None
+    return SearchResults(Path(project), state.label, state.objective, tie_breaker(state.objective), rows, best,
                          list(state.problems))
 
 
-def objective_is_max(state: ProjectState) -> bool:
-    """Whether the search maximizes its objective (accuracy) rather than minimizing it (loss)."""
-    return not state.settings.objective.endswith("loss")
-
-
 def completed_trials(state: ProjectState) -> list[TrialState]:
-    """Completed trials with a score, best first (ties: the earlier trial first, as KerasTuner ranks)."""
-    done = [t for t in state.trials if t.status == "COMPLETED" and t.score is not None]
-    sign = -1.0 if objective_is_max(state) else 1.0
-    return sorted(done, key=lambda t: (sign * float(t.score), int(t.trial_id)))
+    """Completed trials with a score, best first (the read model's ranking)."""
+    return state.ranked()
 
 
 def best_trial(state: ProjectState) -> TrialState:
@@ -81,13 +85,13 @@ def best_trial(state: ProjectState) -> TrialState:
     Raises:
         ProjectError: No trial has completed yet.
     """
-    ranked = completed_trials(state)
-    if not ranked:
-        ended = sum(1 for t in state.trials if t.status == "FAILED")
-        detail = f" ({ended} failed)" if ended else ""
+    best = state.best
+    if best is None:
+        failed = len(state.failed)
+        detail = f" ({failed} failed)" if failed else ""
         raise ProjectError(f"the search in {state.path} has no completed trial yet{detail}; "
                            f"run or resume it with: tune search --project {state.path}")
-    return ranked[0]
+    return best
 
 
 def trial_config(state: ProjectState, trial: TrialState) -> MiniXceptionConfig:
@@ -96,7 +100,7 @@ def trial_config(state: ProjectState, trial: TrialState) -> MiniXceptionConfig:
     Hyperparameters that were inactive (``bn_momentum`` without batch norm) take the
     space's default, exactly as the search's sampling did.
     """
-    values = trial.values or trial.record.get("values", {})
+    values = trial.values or trial.record.values
     return space_of(state).default_config().replace(**values)
 
 
@@ -110,6 +114,17 @@ def class_names(state: ProjectState) -> list[str]:
     return list((state.run.get("data") or {}).get("class_names") or [])
 
 
+def trial_params(state: ProjectState, trial: TrialState) -> int | None:
+    """A trial's parameter count: recorded, else computed from its configuration."""
+    if trial.params is not None:
+        return trial.params
+    size = state.settings.image_size
+    try:
+        return count_params(trial_config(state, trial), (size, size, 3), max(len(class_names(state)), 2))
+    except (ValueError, TypeError):
+        return None
+
+
 def trial_rows(state: ProjectState) -> list[dict]:
     """One record per trial: ranked completed trials first, then running, interrupted, failed.
 
@@ -121,46 +136,38 @@ def trial_rows(state: ProjectState) -> list[dict]:
         ``status`` (COMPLETED, RUNNING, INTERRUPTED or FAILED), ``bracket``,
         ``round``, ``initial_epoch`` and ``epochs`` (absolute: a promoted trial
         continues its parent's training from ``initial_epoch``), ``best_epoch``,
-        ``score`` (the objective at the best epoch), ``objective``, ``params``,
-        ``seconds``, ``reason`` (failed trials) and ``values`` (the architecture's
-        hyperparameters, without ``tuner/*``).
+        ``score`` (the objective at the best epoch), ``objective``,
+        ``tie_breaker`` (the tie-breaking metric at the best epoch), ``params``,
+        ``seconds``, ``parent``, ``reason`` (failed trials) and ``values`` (the
+        architecture's hyperparameters).
     """
-    ranked = completed_trials(state)
+    ranked = state.ranked()
     rank_of = {t.trial_id: i for i, t in enumerate(ranked, start=1)}
     interrupted = {t.trial_id for t in state.interrupted}
-    input_shape = (state.settings.image_size, state.settings.image_size, 3)
-    num_classes = max(len(class_names(state)), 2)
+    second = tie_breaker(state.objective)
     rows = []
     for t in state.trials:
         record = t.record
         status = t.status
         if status in ("RUNNING", "INVALID"):
             status = "INTERRUPTED" if t.trial_id in interrupted else "RUNNING"
-        epochs = t.epochs
-        if status in ("RUNNING", "INTERRUPTED"):
-            epochs = (t.backup or {}).get("epochs_done", t.initial_epoch)
-        params = record.get("params")
-        if params is None:
-            try:
-                params = count_params(trial_config(state, t), input_shape, num_classes)
-            except (ValueError, TypeError):
-                params = None
-        reason = record.get("reason") if status == "FAILED" else None
-        if status == "FAILED" and not reason:
-            reason = _last_line(t.message)
+        completed = status == "COMPLETED"
+        reason = (record.reason or _last_line(t.message)) if status == "FAILED" else None
         rows.append({
             "rank": rank_of.get(t.trial_id),
             "trial_id": t.trial_id,
             "status": status,
-            "bracket": t.bracket if t.bracket is not None else record.get("bracket"),
-            "round": t.round if t.round is not None else record.get("round"),
+            "bracket": t.bracket if t.bracket is not None else record.bracket,
+            "round": t.round if t.round is not None else record.round,
             "initial_epoch": t.initial_epoch,
-            "epochs": epochs,
-            "best_epoch": record.get("best_epoch") if status == "COMPLETED" else None,
-            "objective": state.settings.objective,
-            "score": float(t.score) if status == "COMPLETED" and t.score is not None else None,
-            "params": params,
-            "seconds": _seconds(record),
+            "epochs": t.epochs_saved if status in ("RUNNING", "INTERRUPTED") else t.epochs,
+            "best_epoch": record.best_epoch if completed else None,
+            "objective": state.objective,
+            "score": t.score if completed else None,
+            "tie_breaker": t.best_metrics.get(second) if completed else None,
+            "params": trial_params(state, t),
+            "seconds": record.total_seconds,
+            "parent": t.parent,
             "reason": reason,
             "values": dict(t.values),
         })
@@ -187,33 +194,17 @@ def best_config(state: ProjectState) -> dict:
     size = state.settings.image_size
     return {
         "trial_id": trial.trial_id,
-        "objective": state.settings.objective,
+        "objective": state.objective,
         "score": float(trial.score),
-        "best_epoch": trial.record.get("best_epoch"),
+        "best_epoch": trial.record.best_epoch,
         "epochs": trial.epochs,
-        "params": trial.record.get("params") or count_params(config, (size, size, 3), max(len(names), 2)),
+        "params": trial_params(state, trial),
         "config": config.to_dict(),
         "widths": list(config.widths),
         "input_shape": [size, size, 3],
         "num_classes": len(names) or None,
         "class_names": names,
     }
-
-
-def _state_label(state: ProjectState) -> str:
-    if state.running:
-        return "running"
-    if state.finished:
-        return "finished"
-    return "interrupted" if state.trials else "not started"
-
-
-def _seconds(record: dict) -> float | None:
-    if record.get("seconds") is not None:
-        return float(record["seconds"])
-    if record.get("seconds_run") is not None:  # interrupted: the runs so far
-        return float(record.get("seconds_before", 0.0) + record["seconds_run"])
-    return None
 
 
 def _last_line(message: str | None) -> str | None:

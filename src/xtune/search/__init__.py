@@ -1,19 +1,15 @@
-"""The Hyperband search over the mini-Xception family: plan, tuner, resume, status.
+"""The Hyperband search over the mini-Xception family: plan, oracle, tuner, processes, state.
 
-Keras 3 and KerasTuner only (no TensorFlow import here), so a search runs on any
-Keras backend given data that ``model.fit`` accepts.
+Keras 3 and KerasTuner only (no TensorFlow import here, but for TensorBoard logging),
+so a search runs on any Keras backend given data that ``model.fit`` accepts. Every
+use of KerasTuner's internals is in ``_kt`` (the seam). See docs/ARCHITECTURE.md.
 """
 
 from xtune.search._board import start_tensorboard
 from xtune.search._plan import Bracket, HyperbandPlan, Round, hyperband_plan
-from xtune.search._project import (
-    ProjectLock,
-    ProjectState,
-    SearchSettings,
-    TrialState,
-    load_project,
-    search_status,
-)
+from xtune.search._progress import SearchProgress
+from xtune.search._project import ProjectLock, SearchSettings
+from xtune.search._state import ProjectState, TrialRecord, TrialState, load_project, rank_key, search_status
 
 __all__ = [
     "Bracket",
@@ -22,22 +18,40 @@ __all__ = [
     "ProjectState",
     "Round",
     "SearchOutcome",
+    "SearchProgress",
+    "SearchRequest",
     "SearchSettings",
+    "TrialRecord",
     "TrialState",
+    "WorkerRequest",
     "hyperband_plan",
     "load_project",
     "make_tuner",
+    "rank_key",
     "resolve_settings",
     "run_search",
     "search_status",
+    "start_search",
     "start_tensorboard",
+    "start_worker",
 ]
+
+_LAZY = {
+    "SearchOutcome": "_run",
+    "make_tuner": "_run",
+    "resolve_settings": "_run",
+    "run_search": "_run",
+    "SearchRequest": "_launch",
+    "start_search": "_launch",
+    "start_worker": "_launch",
+    "WorkerRequest": "_worker",
+}
 
 
 def __getattr__(name):
-    # These pull in KerasTuner and Keras; keep `import xtune.search` light.
-    if name in ("SearchOutcome", "make_tuner", "resolve_settings", "run_search"):
-        from xtune.search import _run
+    # These pull in KerasTuner and Keras (or gRPC); keep `import xtune.search` light.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(_run, name)
+        return getattr(importlib.import_module(f"xtune.search.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'xtune.search' has no attribute {name!r}")

@@ -1,4 +1,19 @@
-"""`tune board`: TensorBoard on a search's logs."""
+"""TensorBoard: what each trial logs, the HParams experiment, and `tune board`.
+
+Layout of ``runs/NAME/logs/``::
+
+    <experiment summary>            hparams_config: every hyperparameter's domain, the metrics
+    trial_0003-b1r0/                one run per trial: its hparams and its result metrics
+    trial_0003-b1r0/train/          Keras' per-epoch training scalars
+    trial_0003-b1r0/validation/     Keras' per-epoch validation scalars
+
+Every trial has a value in every column (a hyperparameter that is inactive for it,
+``bn_momentum`` without batch norm, logs ``INACTIVE``), so the parallel-coordinates view
+keeps every trial. The result metrics are logged once per trial at its run's root:
+the objective at the trial's best epoch under its own name (``val_accuracy`` or
+``val_loss``, the score `tune results` ranks by), then ``params``, ``seconds``,
+``best_epoch`` and ``parent`` (the trial a promotion continues; -1 for none).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,101 @@ import threading
 from pathlib import Path
 
 from xtune.errors import XtuneError
+
+#: The value a hyperparameter logs for a trial where it is inactive.
+INACTIVE = -1.0
+_GROUP_ORDER = ("architecture", "augmentation", "training")
+RESULT_METRICS = ("params", "seconds", "best_epoch", "parent")
+
+
+def run_name(trial_id: str, bracket, round_num) -> str:
+    """The TensorBoard run of a trial: ``trial_0003-b1r0``."""
+    return f"trial_{trial_id}-b{bracket if bracket is not None else '-'}r{round_num if round_num is not None else '-'}"
+
+
+def _domain(spec, hparams_api):
+    values = list(spec.all_values())
+    if all(isinstance(v, bool) for v in values):
+        return hparams_api.Discrete(values)
+    if all(isinstance(v, str) for v in values):
+        return hparams_api.Discrete(values)
+    numbers = [float(v) for v in values]
+    if spec.condition:
+        numbers = [INACTIVE] + numbers
+    return hparams_api.Discrete(numbers)
+
+
+def hparams(space, hparams_api) -> list:
+    """The HParams of a space, architecture first, plus bracket and round."""
+    specs = sorted(space.specs, key=lambda s: _GROUP_ORDER.index(s.group))
+    out = []
+    for spec in specs:
+        description = f"{spec.group}; {INACTIVE:g} where inactive ({spec.condition[0]} off)" if spec.condition else spec.group
+        out.append(hparams_api.HParam(spec.name, _domain(spec, hparams_api), description=description))
+    out.append(hparams_api.HParam("bracket", hparams_api.IntInterval(0, 64), description="Hyperband bracket"))
+    out.append(hparams_api.HParam("round", hparams_api.IntInterval(0, 64), description="Hyperband round"))
+    return out
+
+
+def trial_hparam_values(space, values: dict, bracket, round_num) -> dict:
+    """name -> value of every column for one trial (numbers as floats; inactive: ``INACTIVE``)."""
+    row = {}
+    for spec in space.specs:
+        value = values.get(spec.name)
+        if value is None:
+            row[spec.name] = INACTIVE
+        elif isinstance(value, (bool, str)):
+            row[spec.name] = value
+        else:
+            row[spec.name] = float(value)
+    row["bracket"] = int(bracket or 0)
+    row["round"] = int(round_num or 0)
+    return row
+
+
+def write_experiment(logs_dir: Path, space, objective: str) -> None:
+    """The HParams experiment (domains, metrics: the objective first) at the logs' root."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    metrics = [hparams_api.Metric(objective, display_name=f"{objective} (best epoch)",
+                                  description="the score `tune results` ranks by")]
+    metrics += [hparams_api.Metric(name) for name in RESULT_METRICS]
+    metrics += [hparams_api.Metric(f"epoch_{m}", group=g, display_name=f"{g}/{m} (last epoch)")
+                for g in ("validation", "train") for m in ("accuracy", "loss")]
+    Path(logs_dir).mkdir(parents=True, exist_ok=True)
+    with tf.summary.create_file_writer(str(logs_dir)).as_default():
+        hparams_api.hparams_config(hparams=hparams(space, hparams_api), metrics=metrics)
+
+
+def trial_callbacks(logs_dir: Path, trial, space) -> list:
+    """Keras' TensorBoard callback and the trial's HParams, for ``model.fit``."""
+    import keras
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    values = trial.hyperparameters.values
+    logdir = str(Path(logs_dir) / run_name(trial.trial_id, values.get("tuner/bracket"), values.get("tuner/round")))
+    row = trial_hparam_values(space, values, values.get("tuner/bracket"), values.get("tuner/round"))
+    return [
+        keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
+        hparams_api.KerasCallback(writer=logdir, hparams=row, trial_id=run_name(
+            trial.trial_id, values.get("tuner/bracket"), values.get("tuner/round"))),
+    ]
+
+
+def write_trial_result(logs_dir: Path, trial_id: str, bracket, round_num, objective: str, score: float,
+                       params: int | None, seconds: float | None, best_epoch: int | None, parent: str | None) -> None:
+    """The trial's result metrics, once, at its run's root (see the module docstring)."""
+    import tensorflow as tf
+
+    logdir = Path(logs_dir) / run_name(trial_id, bracket, round_num)
+    step = int(best_epoch or 0)
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        tf.summary.scalar(objective, float(score), step=step)
+        for name, value in (("params", params), ("seconds", seconds), ("best_epoch", best_epoch),
+                            ("parent", -1 if parent is None else int(parent))):
+            if value is not None:
+                tf.summary.scalar(name, float(value), step=step)
 
 
 def start_tensorboard(logdir: Path, port: int = 6006, host: str = "localhost"):

@@ -10,31 +10,35 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras_tuner.src import errors as kt_errors
+from keras_tuner.errors import FailedTrialError, FatalError
 
 from xtune import _atomic
+from xtune._events import BatchProgress, EpochEnded
 
 
-class SearchInterrupted(kt_errors.FatalError):
+class SearchInterrupted(FatalError):
     """Ctrl-C or SIGTERM: stop the search, leave the current trial resumable."""
 
 
-class RecycleProcess(kt_errors.FatalError):
+class RecycleProcess(FatalError):
     """Between trials, the process's memory has grown past its budget: end it, so that the
     supervisor resumes the search in a fresh process (state is saved; nothing is lost)."""
 
+    def __init__(self, rss_mb: float, grown_mb: float):
+        super().__init__(f"memory grew by {grown_mb:.0f} MB since the first trial of this process")
+        self.rss_mb, self.grown_mb = rss_mb, grown_mb
 
-class TooManyFailures(kt_errors.FatalError):
+
+class TooManyFailures(FatalError):
     """Too many trials failed in a row: stop the search (state saved)."""
 
 
-class DiskFull(kt_errors.FatalError):
+class DiskFull(FatalError):
     """A checkpoint, backup or log could not be written for lack of space."""
 
 
-class ChiefLost(kt_errors.FatalError):
+class ChiefLost(FatalError):
     """A worker lost its chief (stopped or unreachable): stop, leave the trial resumable."""
-
 
 
 def save_weights_atomic(model, path: Path) -> None:
@@ -175,28 +179,49 @@ class FailOnNaN(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise kt_errors.FailedTrialError(f"loss became {loss} in epoch {epoch + 1}")
+            raise FailedTrialError(f"loss became {loss} in epoch {epoch + 1}")
 
 
 class EpochEvents(keras.callbacks.Callback):
-    """Report each epoch to the search's progress function."""
+    """Report each epoch (``EpochEnded``) to the search's progress function."""
 
-    def __init__(self, emit, trial_id: str, total_epochs: int):
+    def __init__(self, emit, trial_id: str | None, total_epochs: int, worker: str | None = None):
         super().__init__()
         self.emit = emit
         self.trial_id = trial_id
         self.total_epochs = total_epochs
+        self.worker = worker
         self._start = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.emit({
-            "event": "epoch_end", "trial_id": self.trial_id, "epoch": epoch + 1,
-            "epochs": self.total_epochs, "seconds": time.monotonic() - self._start,
-            "logs": {k: float(v) for k, v in (logs or {}).items()},
-        })
+        self.emit(EpochEnded(self.trial_id, epoch + 1, self.total_epochs, time.monotonic() - self._start,
+                             {k: float(v) for k, v in (logs or {}).items()}, worker=self.worker))
+
+
+class BatchEvents(keras.callbacks.Callback):
+    """Report progress inside an epoch (``BatchProgress``), at most every ``every`` seconds."""
+
+    def __init__(self, emit, trial_id: str | None, total_epochs: int, steps: int, worker: str | None = None,
+                 every: float = 1.0):
+        super().__init__()
+        self.emit, self.trial_id, self.total_epochs, self.steps, self.worker = emit, trial_id, total_epochs, steps, worker
+        self.every = every
+        self._epoch = 0
+        self._last = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.emit(BatchProgress(self.trial_id, self._epoch, self.total_epochs, batch + 1, self.steps,
+                                    worker=self.worker))
 
 
 class AbortAt(keras.callbacks.Callback):

@@ -1,8 +1,9 @@
-"""A search directory: its settings (run.json), its lock, and a read-only view of it.
+"""A search directory: its settings (run.json) and its lock. (Reading it: ``_state``.)
 
 ```
 runs/NAME/
   run.json          settings, space, data, versions: written once, read on resume
+  .xtune-search     the marker: xtune made this folder (see xtune._owned)
   .lock             held (flock) by the one process searching it
   oracle.json, tuner0.json, trial_NNNN/trial.json     KerasTuner's state (atomic)
   trial_NNNN/xtune.json                               our record of the trial
@@ -22,7 +23,8 @@ import json
 import os
 import platform
 import socket
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from xtune import _atomic
@@ -53,6 +55,8 @@ class SearchSettings:
             sub-folders is split (see ``xtune.data.prepare_data``).
         kaggle_split: Images per class for train, validation, test of
             kaggle:dogs-vs-cats (the book's 1000, 500, 1000).
+        max_image_bytes: Image files larger than this are skipped unread
+            (``xtune.data.MAX_IMAGE_BYTES``).
     """
 
     data: str
@@ -68,6 +72,7 @@ class SearchSettings:
     test_fraction: float = 0.15
     split_seed: int = 1337
     kaggle_split: tuple[int, int, int] = (1000, 500, 1000)
+    max_image_bytes: int = 64 << 20
 
     def __post_init__(self):
         object.__setattr__(self, "kaggle_split", tuple(self.kaggle_split))
@@ -75,7 +80,8 @@ class SearchSettings:
     def data_options(self) -> dict:
         """The keyword arguments of ``prepare_data`` that name the prepared copy."""
         return {"validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction,
-                "split_seed": self.split_seed, "kaggle_split": self.kaggle_split}
+                "split_seed": self.split_seed, "kaggle_split": self.kaggle_split,
+                "max_image_bytes": self.max_image_bytes}
 
     def plan(self) -> HyperbandPlan:
         return hyperband_plan(self.max_trials, self.max_epochs, self.factor)
@@ -107,6 +113,7 @@ def write_run(project: Path, settings: SearchSettings, space: dict, data: dict |
     """Write run.json (once, atomically) and return its content."""
     run = {
         "format": RUN_FORMAT,
+        "search_id": uuid.uuid4().hex,  # who a chief serves (workers of another search are refused)
         "created": _now(),
         "settings": settings.to_dict(),
         "space": space,
@@ -150,18 +157,60 @@ class ProjectLock:
     """An exclusive lock on a search directory (``flock`` on ``.lock``).
 
     The kernel drops the lock when its process dies, so a lock left by a killed
-    search never blocks. The file holds the owner (pid, host, start) for messages.
+    search never blocks. The file holds the owner (pid, its parent's pid, host,
+    start) for messages. A holder whose parent is gone (a search process whose
+    supervisor was killed: it stops at its next batch) is waited for, up to
+    ``ORPHAN_WAIT`` seconds, so a job scheduler that restarts a killed search at
+    once resumes it instead of being refused.
+
+    Args:
+        project: The search directory (created if missing).
+        on_wait: Called once with a ``WaitingForLock`` event when it waits.
     """
 
-    def __init__(self, project: Path):
+    ORPHAN_WAIT = 60.0
+
+    def __init__(self, project: Path, on_wait=None):
         self.project = Path(project)
         self.path = self.project / LOCK_FILE
+        self.on_wait = on_wait or (lambda event: None)
         self._fd = None
 
     def acquire(self) -> "ProjectLock":
+        import time
+
+        try:
+            self.project.mkdir(parents=True, exist_ok=True)
+            fd = self._try()
+        except OSError as error:
+            raise ProjectError(f"cannot write in {self.project} ({error.strerror or error}); "
+                               "make it writable or choose another --project") from None
+        deadline, told = None, False
+        while fd is None:
+            owner = lock_owner(self.project) or {}
+            if not _orphaned(owner):
+                self._refuse(owner)
+            if deadline is None:
+                deadline = time.monotonic() + self.ORPHAN_WAIT
+            if not told:
+                from xtune._events import WaitingForLock
+
+                self.on_wait(WaitingForLock(owner.get("pid"), owner.get("host"), self.ORPHAN_WAIT))
+                told = True
+            if time.monotonic() > deadline:
+                self._refuse(owner)
+            time.sleep(0.2)
+            fd = self._try()
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "parent": os.getppid(), "host": socket.gethostname(),
+                                 "since": _now()}).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _try(self) -> int | None:
         import fcntl
 
-        self.project.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,17 +218,13 @@ class ProjectLock:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            owner = lock_owner(self.project) or {}
-            who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, since {owner.get('since', '?')}"
-            raise ProjectError(
-                f"{self.project} is being searched by another tune process ({who}); "
-                "wait for it to finish or stop it (Ctrl-C) first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}).encode())
-        os.fsync(fd)
-        self._fd = fd
-        return self
+            return None
+        return fd
+
+    def _refuse(self, owner: dict):
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, since {owner.get('since', '?')}"
+        raise ProjectError(f"{self.project} is being searched by another tune process ({who}); "
+                           "wait for it to finish or stop it (Ctrl-C) first")
 
     def release(self) -> None:
         if self._fd is not None:
@@ -194,6 +239,24 @@ class ProjectLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _orphaned(owner: dict) -> bool:
+    """Whether a lock holder on this machine lost the process that started it (it is stopping)."""
+    parent = owner.get("parent")
+    if owner.get("host") != socket.gethostname() or not parent or parent == 1:
+        return False
+    try:
+        os.kill(int(parent), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    try:  # alive, but maybe no longer the holder's parent (the holder was re-parented)
+        with open(f"/proc/{int(owner['pid'])}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) != int(parent)
+    except (OSError, ValueError, IndexError, KeyError):
+        return False
 
 
 def lock_owner(project: Path) -> dict | None:
@@ -216,187 +279,6 @@ def lock_owner(project: Path) -> dict | None:
         return None
     finally:
         os.close(fd)
-
-
-# -- reading a search directory -----------------------------------------------------------
-
-
-@dataclass
-class TrialState:
-    """One trial as stored on disk (KerasTuner's trial.json plus our record)."""
-
-    trial_id: str
-    status: str
-    score: float | None
-    values: dict
-    bracket: int | None
-    round: int | None
-    epochs: int | None
-    initial_epoch: int
-    parent: str | None
-    record: dict = field(default_factory=dict)
-    backup: dict | None = None
-    message: str | None = None
-
-
-@dataclass
-class ProjectState:
-    """A read-only view of a search directory; reading it changes nothing."""
-
-    path: Path
-    run: dict
-    settings: SearchSettings
-    plan: HyperbandPlan
-    trials: list[TrialState]
-    oracle: dict | None
-    finished: dict | None
-    owner: dict | None
-    problems: list[str]
-
-    @property
-    def running(self) -> bool:
-        return self.owner is not None
-
-    @property
-    def ended(self) -> list[TrialState]:
-        return [t for t in self.trials if t.status in ("COMPLETED", "FAILED")]
-
-    @property
-    def interrupted(self) -> list[TrialState]:
-        """Trials that were running when the search stopped (resumed first)."""
-        if self.running:
-            return []
-        return [t for t in self.trials if t.status in ("RUNNING", "INVALID")]
-
-
-def load_project(project: Path) -> ProjectState:
-    """Read a search directory without changing it (safe while a search runs).
-
-    Damaged files do not raise: they are listed in ``problems`` (one line each).
-
-    Raises:
-        ProjectError: No such search, or its run.json is damaged.
-    """
-    project = Path(project)
-    if not project.is_dir():
-        raise ProjectError(f"no search at {project}")
-    run = read_run(project)
-    settings = SearchSettings.from_dict(run["settings"])
-    problems = []
-    oracle = None
-    oracle_path = project / "oracle.json"
-    if oracle_path.exists():
-        try:
-            oracle = _atomic.read_json(oracle_path)
-        except ValueError as error:
-            problems.append(str(error))
-    recorded = set(oracle["start_order"]) if oracle else None
-    trials = []
-    for trial_dir in sorted(project.glob("trial_*")):
-        trial_id = trial_dir.name[len("trial_"):]
-        if recorded is not None and trial_id not in recorded:
-            continue  # created but never recorded (a kill between two writes)
-        record = {}
-        if (trial_dir / "xtune.json").exists():
-            try:
-                record = _atomic.read_json(trial_dir / "xtune.json")
-            except ValueError as error:
-                problems.append(str(error))
-        raw = None
-        if (trial_dir / "trial.json").exists():
-            try:
-                raw = _atomic.read_json(trial_dir / "trial.json")
-            except ValueError as error:
-                problems.append(str(error))
-        if raw is None and not record:
-            continue
-        trials.append(_trial_state(trial_id, raw, record, trial_dir))
-    finished = None
-    if (project / FINISHED_FILE).exists():
-        try:
-            finished = _atomic.read_json(project / FINISHED_FILE)
-        except ValueError as error:
-            problems.append(str(error))
-    return ProjectState(project, run, settings, settings.plan(), trials, oracle, finished, lock_owner(project), problems)
-
-
-def _trial_state(trial_id: str, raw: dict | None, record: dict, trial_dir: Path) -> TrialState:
-    if raw is not None:
-        values = raw["hyperparameters"]["values"]
-        status, score, message = raw["status"], raw["score"], raw.get("message")
-    else:  # trial.json damaged: our record still knows the essentials
-        values = {**record.get("values", {}), "tuner/bracket": record.get("bracket"),
-                  "tuner/round": record.get("round"), "tuner/epochs": record.get("epochs"),
-                  "tuner/initial_epoch": record.get("initial_epoch", 0)}
-        status, score, message = record.get("status", "RUNNING"), None, None
-    backup = None
-    state_file = trial_dir / "backup" / "state.json"
-    if state_file.exists():
-        try:
-            backup = _atomic.read_json(state_file)
-        except ValueError:
-            backup = None
-    return TrialState(
-        trial_id=trial_id,
-        status=status,
-        score=score,
-        values={k: v for k, v in values.items() if not k.startswith("tuner/")},
-        bracket=values.get("tuner/bracket"),
-        round=values.get("tuner/round"),
-        epochs=values.get("tuner/epochs"),
-        initial_epoch=values.get("tuner/initial_epoch", 0) or 0,
-        parent=values.get("tuner/trial_id"),
-        record=record,
-        backup=backup,
-        message=message,
-    )
-
-
-def search_status(project: Path) -> dict:
-    """What `tune status` shows: state, progress against the plan, interrupted trials.
-
-    Returns:
-        ``{"project", "state": running|finished|interrupted|not started, "plan_trials",
-        "trials_ended", "completed", "failed", "best": {trial_id, score} | None,
-        "interrupted": [{trial_id, epochs_saved, initial_epoch, epochs}],
-        "epochs_saved", "owner", "problems"}``.
-    """
-    state = load_project(project)
-    completed = [t for t in state.trials if t.status == "COMPLETED"]
-    failed = [t for t in state.trials if t.status == "FAILED"]
-    interrupted = []
-    for t in state.interrupted:
-        done = (t.backup or {}).get("epochs_done", t.initial_epoch)
-        interrupted.append({"trial_id": t.trial_id, "epochs_saved": done, "initial_epoch": t.initial_epoch,
-                            "epochs": t.epochs})
-    if state.running:
-        label = "running"
-    elif state.finished:
-        label = "finished"
-    elif state.trials:
-        label = "interrupted"
-    else:
-        label = "not started"
-    direction_max = not state.settings.objective.endswith("loss")
-    best = None
-    if completed:
-        pick = max if direction_max else min
-        b = pick(completed, key=lambda t: t.score)
-        best = {"trial_id": b.trial_id, "score": b.score}
-    return {
-        "project": str(state.path),
-        "state": label,
-        "objective": state.settings.objective,
-        "plan_trials": state.plan.total_trials,
-        "trials_ended": len(completed) + len(failed),
-        "completed": len(completed),
-        "failed": len(failed),
-        "best": best,
-        "interrupted": interrupted,
-        "epochs_saved": sum(i["epochs_saved"] - i["initial_epoch"] for i in interrupted),
-        "owner": state.owner,
-        "problems": state.problems,
-    }
 
 
 def check_image_size(image_size: int) -> None:

@@ -3,19 +3,25 @@
 Every state write is atomic, so a kill never truncates a file. A crash of the machine
 with an unflushed cache, a full disk outside our writes, or a hand edit still can.
 ``repair_project`` rebuilds what the trial files allow, keeps every damaged file
-(renamed ``*.damaged``), deletes nothing, and returns one line per repair.
+(renamed ``*.damaged-<time>``), deletes nothing, and returns one line per repair.
+
+Rebuilt files are written by the objects that own them, not by hand: a trial by
+KerasTuner's ``Trial`` (from our record of it), the oracle's state by our oracle
+(from the trial files), so each file keeps its owner's schema. A search made by an
+earlier xtune (whose oracle.json holds KerasTuner's Hyperband state) is converted
+the same way.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from xtune import _atomic
-from xtune.search._plan import HyperbandPlan, round_size
-
-_ENDED = ("COMPLETED", "FAILED")
+from xtune.search import _kt
+from xtune.search._plan import HyperbandPlan
+from xtune.search._state import ENDED, TRIAL_RECORD, TrialRecord
 
 
 def _load(path: Path):
@@ -31,57 +37,48 @@ def _keep_damaged(path: Path) -> Path:
     return target
 
 
-def repair_project(project: Path, plan: HyperbandPlan, seed: int) -> list[str]:
+def repair_project(project: Path, plan: HyperbandPlan, make_oracle: Callable) -> list[str]:
     """Make every state file of ``project`` loadable again; return what was repaired.
 
     Args:
         project: The search directory.
         plan: Its plan (for the bracket structure).
-        seed: The search seed (the oracle's draws are rebuilt from it).
+        make_oracle: Returns a fresh ``PlannedHyperbandOracle`` of this search, to
+            rebuild ``oracle.json`` from the trial files.
     """
     project = Path(project)
     notes = []
-    space_config = _space_config(project)
     removed = _atomic.remove_stale_temporaries(project)
     if removed:
         notes.append(f"removed {removed} temporary file(s) left by an interrupted write")
-    trials = {}
-    for trial_dir in sorted(project.glob("trial_*")):
-        trial_file = trial_dir / "trial.json"
-        raw, error = _load(trial_file) if trial_file.exists() else (None, None)
-        if raw is None and error:
-            rebuilt = _trial_from_record(trial_dir, space_config)
-            kept = _keep_damaged(trial_file)
-            if rebuilt is not None:
-                _atomic.write_json(trial_file, rebuilt, indent=None)
-                notes.append(f"{error}; rebuilt it from {trial_dir.name}/xtune.json (damaged copy kept as {kept.name})")
-                raw = rebuilt
-            else:
-                notes.append(f"{error}; nothing to rebuild it from, the trial is dropped (damaged copy kept as {kept.name})")
-                continue
-        if raw is not None:
-            trials[raw["trial_id"]] = raw
-    oracle_file = project / "oracle.json"
-    if oracle_file.exists():
-        _, error = _load(oracle_file)
-        if error:
-            kept = _keep_damaged(oracle_file)
-            state = _oracle_from_trials(trials, plan, seed, space_config)
-            _atomic.write_json(oracle_file, state, indent=None)
-            notes.append(f"{error}; rebuilt the Hyperband state from {len(trials)} trial files "
-                         f"(damaged copy kept as {kept.name})")
+    space_config = _space_config(project)
+    with _kt.patched():
+        trials = _repair_trials(project, space_config, notes)
+        oracle_file = project / "oracle.json"
+        if oracle_file.exists():
+            state, error = _load(oracle_file)
+            if error or "xtune" not in (state or {}):
+                kept = _keep_damaged(oracle_file) if error else _keep_as(oracle_file, "kerastuner-hyperband")
+                _rebuild_oracle(project, plan, make_oracle(), trials, space_config)
+                what = f"{error}; rebuilt" if error else f"{oracle_file} was written by an earlier xtune; converted"
+                notes.append(f"{what} the Hyperband state from {len(trials)} trial files (old copy kept as {kept.name})")
     tuner_file = project / "tuner0.json"
     if tuner_file.exists() and _load(tuner_file)[1]:
         kept = _keep_damaged(tuner_file)
         _atomic.write_json(tuner_file, {}, indent=None)
-        notes.append(f"{project / 'tuner0.json'} was damaged; rewritten (it holds no state; copy kept as {kept.name})")
+        notes.append(f"{tuner_file} was damaged; rewritten (it holds no state; copy kept as {kept.name})")
     return notes
+
+
+def _keep_as(path: Path, label: str) -> Path:
+    target = path.with_name(f"{path.name}.{label}-{int(time.time())}")
+    path.rename(target)
+    return target
 
 
 def _space_config(project: Path) -> dict | None:
     """The registered space (``HyperParameters.get_config()``) from any intact file."""
-    candidates = [project / "oracle.json"] + sorted(project.glob("trial_*/trial.json"))
-    for path in candidates:
+    for path in [project / "oracle.json"] + sorted(project.glob("trial_*/trial.json")):
         if path.exists():
             data, _ = _load(path)
             if data and "hyperparameters" in data:
@@ -89,91 +86,120 @@ def _space_config(project: Path) -> dict | None:
     return None
 
 
-def _trial_from_record(trial_dir: Path, space_config: dict | None) -> dict | None:
-    """A trial.json rebuilt from our xtune.json record of the same trial."""
-    record, _ = _load(trial_dir / "xtune.json") if (trial_dir / "xtune.json").exists() else (None, None)
-    if not record or space_config is None:
-        return None
-    values = dict(record["values"])
-    values.update({"tuner/epochs": record["epochs"], "tuner/initial_epoch": record.get("initial_epoch", 0),
-                   "tuner/bracket": record["bracket"], "tuner/round": record["round"]})
-    if record.get("parent"):
-        values["tuner/trial_id"] = record["parent"]
-    status = record.get("status") if record.get("status") in _ENDED else "RUNNING"
-    metrics = {}
-    score = best_step = None
-    history = record.get("history") or []
-    if status == "COMPLETED" and history:
-        best = next(h for h in history if h["epoch"] == record.get("best_epoch", history[-1]["epoch"]))
-        for name, value in best.items():
-            if name == "epoch":
+def _repair_trials(project: Path, space_config: dict | None, notes: list[str]) -> dict:
+    """trial id -> ``Trial`` for every trial file; damaged ones rebuilt from our record."""
+    trials = {}
+    for trial_dir in sorted(project.glob("trial_*")):
+        trial_file = trial_dir / "trial.json"
+        if not trial_file.exists():
+            continue
+        raw, error = _load(trial_file)
+        if error:
+            kept = _keep_damaged(trial_file)
+            rebuilt = _trial_from_record(trial_dir, space_config)
+            if rebuilt is None:
+                notes.append(f"{error}; nothing to rebuild it from, the trial is dropped (damaged copy kept as "
+                             f"{kept.name})")
                 continue
-            direction = "min" if "loss" in name else "max"
-            metrics[name] = {"direction": direction, "observations": [{"value": [value], "step": 0}]}
-        score, best_step = best.get("val_accuracy", best.get("val_loss")), 0
-    hyperparameters = json.loads(json.dumps(space_config))
-    hyperparameters["values"] = values
-    return {"trial_id": record["trial_id"], "hyperparameters": hyperparameters, "metrics": {"metrics": metrics},
-            "score": score, "best_step": best_step or 0, "status": status, "message": record.get("reason")}
+            rebuilt.save(str(trial_file))
+            notes.append(f"{error}; rebuilt it from {trial_dir.name}/{TRIAL_RECORD} (damaged copy kept as {kept.name})")
+        trial = _kt.Trial.load(str(trial_file))
+        trials[trial.trial_id] = trial
+    return trials
 
 
-def _oracle_from_trials(trials: dict, plan: HyperbandPlan, seed: int, space_config: dict | None) -> dict:
-    """The oracle state of a ``PlannedHyperbandOracle`` rebuilt from its trials.
+def _trial_from_record(trial_dir: Path, space_config: dict | None):
+    """A KerasTuner ``Trial`` rebuilt from our record of the same trial."""
+    import keras_tuner
 
-    Trials run one after another in id order; a first-round trial opens a bracket when
-    the previous one's first round is full, a promotion joins its parent's bracket.
-    The draw counter is rebuilt from the draws made (one per active hyperparameter).
+    try:
+        record = TrialRecord.read(trial_dir / TRIAL_RECORD)
+    except ValueError:
+        record = None
+    if record is None or space_config is None:
+        return None
+    values = dict(record.values)
+    values.update({"tuner/epochs": record.epochs, "tuner/initial_epoch": record.initial_epoch,
+                   "tuner/bracket": record.bracket, "tuner/round": record.round})
+    if record.parent:
+        values["tuner/trial_id"] = record.parent
+    if record.slot is not None:
+        values["xtune/slot"] = record.slot
+    if record.seed is not None:
+        values["xtune/seed"] = record.seed
+    hyperparameters = keras_tuner.HyperParameters.from_config(space_config)
+    hyperparameters.values = values
+    status = record.status if record.status in ENDED else _kt.TrialStatus.RUNNING
+    trial = _kt.Trial(hyperparameters, trial_id=record.trial_id, status=status)
+    trial.message = record.reason
+    best = record.best()
+    if status == "COMPLETED" and best:
+        for name, value in best.items():
+            if name != "epoch":
+                trial.metrics.register(name, direction="min" if "loss" in name else "max")
+                trial.metrics.update(name, value, step=0)
+        if record.params is not None:
+            trial.metrics.register("params", direction="min")
+            trial.metrics.update("params", float(record.params), step=0)
+        trial.score = best.get("val_accuracy", best.get("val_loss"))
+        trial.best_step = 0
+    return trial
+
+
+def _rebuild_oracle(project: Path, plan: HyperbandPlan, oracle, trials: dict, space_config: dict | None) -> None:
+    """Write ``oracle.json`` from the trial files, by the oracle itself.
+
+    Trials are placed in the plan's brackets: one that knows its slot (``xtune/slot``)
+    in that slot's bracket; an older one, in id order, in the first open bracket of
+    its number; a promotion joins its parent's bracket, one round later.
     """
-    from keras_tuner.src.engine import hyperparameters as hp_module
-    from keras_tuner.src.tuners.hyperband import HyperbandOracle
+    import keras_tuner
 
+    from xtune.search._sampler import config_key
+    from xtune.search._state import space_values
+
+    _kt.attach(oracle, project)
+    if space_config is not None:
+        oracle.hyperparameters = keras_tuner.HyperParameters.from_config(space_config)
     ids = sorted(trials)
-    brackets, started = [], 0
-    seed_state = seed
-    hasher = HyperbandOracle.__new__(HyperbandOracle)
-    tried, id_to_hash = [], {}
+    oracle.trials = dict(trials)
+    oracle.start_order = list(ids)
+    oracle.end_order = [t for t in ids if trials[t].status in ENDED]
+    runs = _kt.run_times(oracle)
+    for t in oracle.end_order:
+        runs[t] = 1
+    _kt.retry_queue(oracle).extend(t for t in ids if trials[t].status not in ENDED)
+    placed: dict[str, int] = {}
     for trial_id in ids:
-        values = trials[trial_id]["hyperparameters"]["values"]
-        number, round_num = values.get("tuner/bracket"), values.get("tuner/round", 0)
+        values = trials[trial_id].hyperparameters.values
+        round_num = values.get("tuner/round", 0) or 0
         if round_num == 0:
-            if trial_id != ids[0]:  # the first trial is the default configuration: no draws
-                seed_state += len([k for k in values if not k.startswith("tuner/")])
-            if (not brackets or brackets[-1]["bracket_num"] != number
-                    or len(brackets[-1]["rounds"][0]) >= round_size(plan.max_epochs, plan.factor, number, 0)):
-                brackets.append({"bracket_num": number, "rounds": [[] for _ in range(number + 1)]})
-                started += 1
-            brackets[-1]["rounds"][0].append({"past_id": None, "id": trial_id})
+            index = _bracket_for(oracle, plan, values)
+            oracle.brackets[index][0].append({"id": trial_id, "parent": None})
+            oracle.taken.add(config_key(space_values(values)))
         else:
             parent = values.get("tuner/trial_id")
-            for bracket in reversed(brackets):
-                if any(info["id"] == parent for info in bracket["rounds"][round_num - 1]):
-                    bracket["rounds"][round_num].append({"past_id": parent, "id": trial_id})
-                    break
-        digest = hasher._compute_values_hash(values)
-        tried.append(digest)
-        id_to_hash[trial_id] = digest
-    running = [t for t in ids if trials[t]["status"] not in _ENDED]
-    per_iteration = plan.num_brackets
-    return {
-        # Every running trial goes back to the queue (several, after a search with workers).
-        "ongoing_trials": {},
-        "hyperparameters": space_config or hp_module.HyperParameters().get_config(),
-        "start_order": ids,
-        "end_order": [t for t in ids if trials[t]["status"] in _ENDED],
-        "run_times": {t: 1 for t in ids if trials[t]["status"] in _ENDED},
-        "retry_queue": running,
-        "seed": seed,
-        "seed_state": seed_state,
-        "tried_so_far": sorted(set(tried)),
-        "id_to_hash": id_to_hash,
-        "display": {"search_start": None, "trial_start": {}, "trial_number": {}},
-        "hyperband_iterations": plan.iterations,
-        "max_epochs": plan.max_epochs,
-        "min_epochs": plan.min_epochs,
-        "factor": plan.factor,
-        "brackets": brackets,
-        "current_bracket": brackets[-1]["bracket_num"] if brackets else per_iteration - 1,
-        "current_iteration": max(started - 1, 0) // per_iteration,
-        "planned_brackets": len(plan.brackets),
-        "brackets_started": started,
-    }
+            index = placed.get(parent)
+            if index is None:
+                continue  # its parent is gone: it stays a trial file, outside the brackets
+            oracle.brackets[index][round_num].append({"id": trial_id, "parent": parent})
+        placed[trial_id] = index
+    oracle.save()
+
+
+def _bracket_for(oracle, plan: HyperbandPlan, values: dict) -> int:
+    slot = values.get("xtune/slot")
+    if slot is not None:
+        first = 0
+        for index, bracket in enumerate(plan.brackets):
+            if slot < first + bracket.rounds[0].trials:
+                break
+            first += bracket.rounds[0].trials
+    else:
+        number = values.get("tuner/bracket")
+        index = next((i for i, rounds in enumerate(oracle.brackets)
+                      if plan.brackets[i].number == number and len(rounds[0]) < plan.brackets[i].rounds[0].trials),
+                     len(oracle.brackets))
+    while len(oracle.brackets) <= index:
+        oracle.brackets.append([[] for _ in plan.brackets[len(oracle.brackets)].rounds])
+    return index

@@ -1,12 +1,17 @@
-"""`tune search`: start or resume a search directory and run its plan."""
+"""A search in this process: set up or resume a search directory and run its plan.
+
+``run_search`` is the loop and nothing else: resolve the settings (run.json on a
+resume), take the lock, load the data, repair what a crash damaged, make the tuner,
+run it. ``tune search`` calls it in a supervised child process (``xtune._process``);
+tests and benchmarks call it directly. A chief (``xtune.search._chief``) runs the
+same set-up and then serves the oracle instead of running trials.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import json
-import os
-import shutil
 import signal
 import threading
 import time
@@ -14,16 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xtune import _atomic
-from xtune._owned import (
-    SEARCH_ENTRIES,
-    SEARCH_MARKER,
-    describe,
-    entries,
-    has_marker,
-    is_inside,
-    remove_owned,
-    write_marker,
-)
+from xtune._events import SearchStarted
+from xtune._owned import SEARCH_ENTRIES, SEARCH_MARKER, describe, entries, has_marker, is_inside, remove_owned, write_marker
 from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan
 from xtune.search._project import (
@@ -37,9 +34,11 @@ from xtune.search._project import (
     settings_conflicts,
     write_run,
 )
+from xtune.search._state import load_project
 
-_FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
-_FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures")
+FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
+FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures",
+             max_image_bytes="--max-image-mb")
 
 
 def _show(value) -> str:
@@ -48,7 +47,7 @@ def _show(value) -> str:
 
 @dataclass
 class SearchOutcome:
-    """What a call of ``run_search`` did.
+    """What a search did.
 
     Attributes:
         project: The search directory.
@@ -62,7 +61,7 @@ class SearchOutcome:
         best: ``{"trial_id", "score", "values"}`` of the best trial, or None.
         message: Why it stopped (for "stopped" and "recycle").
         notes: Repairs made to damaged state files, one line each.
-        interrupted_trial: ``{"trial_id", "epochs_saved"}`` when interrupted mid-trial.
+        interrupted_trial: ``{"trial_id", "epochs_saved", "epochs"}`` when interrupted mid-trial.
         resume: The command that resumes it, when it differs from the plain
             ``tune search --project DIR`` (several workers).
     """
@@ -80,6 +79,26 @@ class SearchOutcome:
     resume: str | None = None
 
 
+def search_outcome(project: Path, status: str, plan: HyperbandPlan, resumed: bool = False, notes=None,
+                   message: str | None = None) -> SearchOutcome:
+    """The outcome of a search in ``project``, as its files say now."""
+    state = load_project(project)
+    best = state.best
+    outcome = SearchOutcome(Path(project), status, plan, resumed, len(state.ended) - len(state.failed),
+                            len(state.failed), None, message, list(notes or []))
+    if best is not None:
+        outcome.best = {"trial_id": best.trial_id, "score": best.score, "values": best.values}
+    if status == "interrupted":
+        stopped = state.interrupted or [t for t in state.trials if t.status in ("RUNNING", "INVALID")]
+        if stopped:
+            t = stopped[0]
+            outcome.interrupted_trial = {"trial_id": t.trial_id, "epochs_saved": t.epochs_saved, "epochs": t.epochs}
+    return outcome
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
 def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: bool = False):
     """The settings and space of a search: from run.json on resume, else from ``given``.
 
@@ -93,8 +112,8 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
         ``(settings, space, run)`` where ``run`` is the stored run.json or None.
 
     Raises:
-        UsageError: A flag conflicts with run.json (naming it), a bad value.
-        ProjectError: ``project`` exists but is not a search.
+        UsageError: A flag conflicts with run.json (naming it), a bad value, or a
+            folder that is not a search.
     """
     from xtune.spaces import SearchSpace, load_space
 
@@ -111,7 +130,7 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
                 conflicts.append(("space", space_ref, run["space"]["name"]))
         if conflicts:
             name, value, old = conflicts[0]
-            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UsageError(
                 f"{flag} {_show(value)} conflicts with this search's {_show(old)} ({project / RUN_FILE}); "
                 "drop the flag to resume, or pass --overwrite to start over"
@@ -124,7 +143,7 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
     check_image_size(settings.image_size)
     for name in ("batch_size", "max_consecutive_failures"):
         if getattr(settings, name) < 1:
-            raise UsageError(f"{_FLAGS[name]} must be at least 1; got {getattr(settings, name)}")
+            raise UsageError(f"{FLAGS[name]} must be at least 1; got {getattr(settings, name)}")
     if settings.objective not in ("val_accuracy", "val_loss", "accuracy", "loss"):
         raise UsageError(f"--objective must be val_accuracy, val_loss, accuracy or loss; got {settings.objective!r}")
     return settings, load_space(space_ref), None
@@ -175,8 +194,11 @@ def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
         )
 
 
+# -- signals -------------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def _stop_on_signals(event: threading.Event):
+def stop_on_signals(event: threading.Event):
     """Ctrl-C / SIGTERM set ``event`` (training stops at the next batch); a second Ctrl-C aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -195,89 +217,48 @@ def _stop_on_signals(event: threading.Event):
             signal.signal(s, h)
 
 
-class _Progress:
-    """Turns the tuner's raw events into what a user wants per trial (i of N, ETA)."""
-
-    def __init__(self, emit, plan: HyperbandPlan, objective_max: bool, done_epochs: int, best):
-        self.emit = emit or (lambda event: None)
-        self.plan = plan
-        self.objective_max = objective_max
-        self.start = time.monotonic()
-        self.done_epochs = done_epochs
-        self.session_epochs = 0
-        self.best = best
-        self.current = None
-
-    def __call__(self, event: dict):
-        event = dict(event)
-        kind = event["event"]
-        if kind == "trial_start":
-            self.current = event
-        if kind == "epoch_end":
-            self.done_epochs += 1
-            self.session_epochs += 1
-        if kind == "trial_end":
-            score = event.get("score")
-            if event["status"] == "COMPLETED" and score is not None:
-                if self.best is None or (score > self.best if self.objective_max else score < self.best):
-                    self.best = score
-        if "trial_id" in event:
-            event["index"] = int(event["trial_id"]) + 1
-        event["time"] = time.monotonic()
-        event["total"] = self.plan.total_trials
-        event["best"] = self.best
-        elapsed = time.monotonic() - self.start
-        event["elapsed"] = elapsed
-        left = max(self.plan.total_epochs - self.done_epochs, 0)
-        event["eta"] = elapsed / self.session_epochs * left if self.session_epochs else None
-        self.emit(event)
+# -- the tuner -----------------------------------------------------------------------------------
 
 
-def _epochs_done(project: Path) -> int:
-    from xtune.search._project import load_project
-
-    try:
-        state = load_project(project)
-    except ProjectError:
-        return 0
-    total = 0
-    for t in state.trials:
-        if t.status in ("COMPLETED", "FAILED") and t.epochs is not None:
-            total += t.epochs - t.initial_epoch
-        elif t.backup:
-            total += t.backup.get("epochs_done", t.initial_epoch) - t.initial_epoch
-    return total
-
-
-def make_tuner(project: Path, settings: SearchSettings, space, splits, *, resume: bool, **tuner_kwargs):
-    """Create the KerasTuner state in ``project``, or reload it (``resume``). Never deletes.
-
-    A new search saves its state before the first trial, so a kill during the first
-    trial resumes it (KerasTuner alone would start over). Every state file is written
-    atomically from here on.
-    """
+def build_oracle(settings: SearchSettings, space, num_classes: int):
+    """The search's oracle (not yet attached to a directory)."""
     import keras_tuner
 
-    from xtune._atomic import install_keras_tuner_atomic_writes
     from xtune.search._oracle import PlannedHyperbandOracle
+    from xtune.search._sampler import ConfigSampler
+    from xtune.search._state import objective_is_max
+
+    direction = "max" if objective_is_max(settings.objective) else "min"
+    # The first trial is the space's default configuration (the book's model in the
+    # full family): every search measures it, and picks something else only by beating it.
+    sampler = ConfigSampler(space, settings.seed, first=[space.default_config().to_dict()])
+    return PlannedHyperbandOracle(keras_tuner.Objective(settings.objective, direction), settings.plan(), sampler)
+
+
+def make_tuner(project: Path, settings: SearchSettings, space, splits, *, oracle=None, **tuner_kwargs):
+    """Create the KerasTuner state in ``project``, or reload it. Never deletes.
+
+    Call inside ``_kt.patched()``. A new search saves its state before the first
+    trial, so a kill during the first trial resumes it (KerasTuner alone would
+    start over).
+
+    Args:
+        oracle: The oracle to use (a worker's remote one); default ``build_oracle``.
+        **tuner_kwargs: ``SearchTuner``'s options.
+    """
     from xtune.search._tuner import SearchTuner
     from xtune.spaces import MiniXceptionHyperModel
 
-    install_keras_tuner_atomic_writes()
-    from keras_tuner.src import config as kt_config
-
-    kt_config.DEBUG = bool(os.environ.get("XTUNE_DEBUG"))  # else every failed trial prints a traceback
-    direction = "min" if settings.objective.endswith("loss") else "max"
-    oracle = PlannedHyperbandOracle(
-        keras_tuner.Objective(settings.objective, direction), settings.plan(), seed=settings.seed
-    )
-    hypermodel = MiniXceptionHyperModel(
-        (settings.image_size, settings.image_size, 3), len(splits.class_names), space
-    )
+    num_classes = len(splits.class_names)
+    oracle = oracle if oracle is not None else build_oracle(settings, space, num_classes)
+    hypermodel = MiniXceptionHyperModel((settings.image_size, settings.image_size, 3), num_classes, space)
     tuner = SearchTuner(oracle, hypermodel, Path(project), splits, seed=settings.seed, **tuner_kwargs)
     if not tuner.reloaded:  # new, or killed before its first state write: start fresh
         tuner.save()
     return tuner
+
+
+# -- the search ----------------------------------------------------------------------------------
 
 
 def run_search(
@@ -308,9 +289,8 @@ def run_search(
         space_ref: ``--space`` (a TOML file or built-in name).
         data_dir: Where prepared data is cached (default: the user's cache).
         archive: kaggle:dogs-vs-cats only: a downloaded archive to use offline.
-        overwrite: Delete an existing search in ``project`` first.
-        progress: Called with event dicts (``search_start``, ``trial_start``,
-            ``epoch_end``, ``trial_end``, ``notes``).
+        overwrite: Start over: remove what xtune wrote in ``project`` first.
+        progress: Called with each event (``xtune._events``).
         mixed_precision: "auto", "on" or "off".
         epoch_backups: Per-epoch backups for mid-trial resume (on; off only to
             measure their cost).
@@ -321,7 +301,7 @@ def run_search(
         strategy: "none" or "mirrored": data parallelism inside a trial (see
             ``xtune._runtime.distribution_strategy``). A run-time choice, not stored.
         chief: Serve the search to workers instead of running trials here: an object
-            with ``serve(tuner, stop_event)`` (``xtune.search._distributed.ChiefServer``).
+            with ``serve(tuner, stop_event)`` (``xtune.search._chief.ChiefServer``).
             It trains nothing, so devices are left alone.
         recycle_mb: Return with status "recycle" between trials once this process's
             RSS is this many MB above its level after its first trial (see
@@ -334,88 +314,121 @@ def run_search(
         UsageError, ProjectError, DataError: one-line user errors.
     """
     from xtune._runtime import configure_devices, distribution_strategy
+    from xtune.search import _kt
 
     project = Path(project)
+    emit = progress or (lambda event: None)
     settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
     plan = settings.plan()
-    if run is not None and (project / FINISHED_FILE).exists():
-        return _outcome(project, "already finished", plan, resumed=True)
     check_plan_fits_space(plan, space)
-
     stop_event = stop_event or threading.Event()
     created = not project.exists()
-    with ProjectLock(project):
+    with ProjectLock(project, on_wait=emit):
+        check_writable(project)
+        if run is not None and load_project(project).done:
+            # Nothing to train; still repair what a crash damaged (status said it would).
+            with _kt.patched():
+                classes = len((run.get("data") or {}).get("class_names") or []) or 2
+                notes = prepare_directory(project, settings, space, run, None, classes)
+            _finish(project)
+            return search_outcome(project, "already finished", plan, True, notes)
         try:
             if splits is None:
-                splits, data_info = _load_data(project, settings, run, data_dir, archive)
+                splits, data_info = load_data(project, settings, run, data_dir, archive)
         except BaseException:
             if created:  # a bad dataset leaves nothing behind
-                shutil.rmtree(project, ignore_errors=True)
+                remove_owned(project, SEARCH_ENTRIES)
+                with contextlib.suppress(OSError):
+                    project.rmdir()
             raise
-        devices = None if chief is not None else configure_devices(mixed_precision)
-        strategy_obj = None if chief is not None else distribution_strategy(strategy)
         if overwrite:  # only what xtune wrote: the user's files and earlier exports stay
             remove_owned(project, SEARCH_ENTRIES, keep=(LOCK_FILE, SEARCH_MARKER))
             run = None
         if not has_marker(project, "search"):
             write_marker(project, "search")
-        notes = []
-        resumed = run is not None
-        if run is None:
-            write_run(project, settings, space.to_dict(), data_info)
-        else:
-            from xtune.search._repair import repair_project
-
-            notes = repair_project(project, plan, settings.seed)
-        objective_max = not settings.objective.endswith("loss")
-        prior = _outcome(project, "", plan) if resumed else None
-        tracker = _Progress(progress, plan, objective_max, _epochs_done(project) if resumed else 0,
-                            prior.best["score"] if prior and prior.best else None)
-        tracker({"event": "search_start", "project": str(project), "resumed": resumed, "plan": plan.to_dict(),
-                 "settings": settings.to_dict(), "devices": devices, "notes": notes,
-                 "completed": prior.completed if prior else 0, "failed": prior.failed if prior else 0})
-        from xtune.search._callbacks import DiskFull, RecycleProcess, SearchInterrupted, TooManyFailures
-
-        try:
-            tuner = make_tuner(project, settings, space, splits, resume=resumed, emit=tracker,
-                               stop_event=stop_event, epoch_backups=epoch_backups, tensorboard=tensorboard,
-                               max_consecutive_failures=settings.max_consecutive_failures,
-                               distribution_strategy=strategy_obj, recycle_mb=recycle_mb)
-            with _stop_on_signals(stop_event):
-                if chief is not None:
-                    chief.serve(tuner, stop_event)
-                else:
-                    # What exists now (TensorFlow, Keras, the data) lives as long as the
-                    # process: out of the collector's sight, the full collection that
-                    # clear_session runs between trials only scans what trials made.
-                    gc.collect()
-                    gc.freeze()
-                    try:
-                        tuner.search(verbose=0)
-                    finally:
-                        gc.unfreeze()  # collectable again once the search is over
-        except SearchInterrupted:
-            outcome = _outcome(project, "interrupted", plan, resumed, notes)
-            running = [t for t in _running_trials(project)]
-            outcome.interrupted_trial = running[0] if running else None
-            return outcome
-        except TooManyFailures as error:
-            return _outcome(project, "stopped", plan, resumed, notes, message=str(error))
-        except RecycleProcess as error:
-            return _outcome(project, "recycle", plan, resumed, notes, message=str(error))
-        except DiskFull as error:
-            raise ProjectError(f"{error}; free some space and run the same command to resume") from None
-        except OSError as error:
-            if _atomic.is_disk_full(error):
-                raise ProjectError(f"disk full while saving the search ({error}); free some space and run "
-                                   "the same command to resume") from None
-            raise
-        outcome = _outcome(project, "finished", plan, resumed, notes)
-        _atomic.write_json(project / FINISHED_FILE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        return outcome
+        with _kt.patched():
+            notes = prepare_directory(project, settings, space, run, data_info, len(splits.class_names))
+            devices = None if chief is not None else configure_devices(mixed_precision)
+            strategy_obj = None if chief is not None else distribution_strategy(strategy)
+            return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
+                        emit, stop_event, recycle_mb=recycle_mb, epoch_backups=epoch_backups,
+                        tensorboard=tensorboard)
 
 
-def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir, archive=None):
+def prepare_directory(project: Path, settings, space, run, data_info, num_classes: int) -> list[str]:
+    """Write run.json for a new search, or repair a resumed one; return the repairs made."""
+    if run is None:
+        write_run(project, settings, space.to_dict(), data_info)
+        return []
+    from xtune.search._repair import repair_project
+
+    return repair_project(project, settings.plan(), lambda: build_oracle(settings, space, num_classes))
+
+
+def _run(project, settings, space, splits, resumed, notes, devices, strategy_obj, chief, emit, stop_event,
+         **tuner_options) -> SearchOutcome:
+    from xtune.search._callbacks import DiskFull, RecycleProcess, SearchInterrupted, TooManyFailures
+
+    plan = settings.plan()
+    state = load_project(project) if resumed else None
+    emit(SearchStarted(str(project), resumed, plan.to_dict(), settings.to_dict(), devices, notes,
+                       len(state.ended) - len(state.failed) if state else 0, len(state.failed) if state else 0,
+                       state.epochs_done if state else 0))
+    try:
+        tuner = make_tuner(project, settings, space, splits, emit=emit, stop_event=stop_event,
+                           max_consecutive_failures=settings.max_consecutive_failures,
+                           distribution_strategy=strategy_obj, **tuner_options)
+        with stop_on_signals(stop_event):
+            if chief is not None:
+                chief.serve(tuner, stop_event)
+            else:
+                # What exists now (TensorFlow, Keras, the data) lives as long as the
+                # process: out of the collector's sight, the full collection that
+                # clear_session runs between trials only scans what trials made.
+                gc.collect()
+                gc.freeze()
+                try:
+                    tuner.search(verbose=0)
+                finally:
+                    gc.unfreeze()  # collectable again once the search is over
+    except SearchInterrupted:
+        return search_outcome(project, "interrupted", plan, resumed, notes)
+    except TooManyFailures as error:
+        return search_outcome(project, "stopped", plan, resumed, notes, message=str(error))
+    except RecycleProcess as error:
+        return search_outcome(project, "recycle", plan, resumed, notes, message=str(error))
+    except DiskFull as error:
+        raise ProjectError(f"{error}; free some space and run the same command to resume") from None
+    except OSError as error:
+        if _atomic.is_disk_full(error):
+            raise ProjectError(f"disk full while saving the search ({error}); free some space and run "
+                               "the same command to resume") from None
+        raise
+    _finish(project)
+    return search_outcome(project, "finished", plan, resumed, notes)
+
+
+def _finish(project: Path) -> None:
+    """Write finished.json (again, if it is missing or damaged)."""
+    path = project / FINISHED_FILE
+    try:
+        _atomic.read_json(path)
+    except (OSError, ValueError):
+        _atomic.write_json(path, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def check_writable(project: Path) -> None:
+    """Refuse a project directory this process cannot write, before any training."""
+    probe = project / f".write-check{_atomic.TMP_MARK}probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ProjectError(f"cannot write in {project} ({error.strerror or error}); "
+                           "make it writable or choose another --project") from None
+
+
+def load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir, archive=None):
     """Prepare (or reuse) the search's data and build its splits; refuse changed data."""
     from xtune.data import load_splits, prepare_data
 
@@ -429,29 +442,3 @@ def _load_data(project: Path, settings: SearchSettings, run: dict | None, data_d
         )
     splits = load_splits(prepared, image_size=settings.image_size, batch_size=settings.batch_size, seed=settings.seed)
     return splits, data_info
-
-
-def _running_trials(project: Path) -> list[dict]:
-    from xtune.search._project import load_project
-
-    out = []
-    for t in load_project(project).trials:
-        if t.status in ("RUNNING", "INVALID"):
-            out.append({"trial_id": t.trial_id, "epochs_saved": (t.backup or {}).get("epochs_done", t.initial_epoch),
-                        "epochs": t.epochs})
-    return out
-
-
-def _outcome(project, status, plan, resumed=False, notes=None, message=None) -> SearchOutcome:
-    from xtune.search._project import load_project
-
-    state = load_project(project)
-    completed = [t for t in state.trials if t.status == "COMPLETED"]
-    failed = [t for t in state.trials if t.status == "FAILED"]
-    best = None
-    if completed:
-        pick = min if state.settings.objective.endswith("loss") else max
-        b = pick(completed, key=lambda t: t.score)
-        best = {"trial_id": b.trial_id, "score": float(b.score), "values": b.values}
-    return SearchOutcome(project, status, plan, resumed, len(completed), len(failed), best, message,
-                         list(notes or []))

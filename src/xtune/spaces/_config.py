@@ -111,6 +111,34 @@ class MiniXceptionConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_values(cls, values: dict) -> "MiniXceptionConfig":
+        """A config from a trial's hyperparameter values (missing fields: the seed's; others ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def shorthand(self) -> str:
+        """The architecture in one line, e.g. ``3x16*2 sep res bn0.9 c2k3 stem16/3 drop0.2 zoom adam@0.001``.
+
+        Stages x base width * growth, separable/standard conv, residual, batch-norm
+        momentum, convs per stage and kernel, stem filters/kernel, dropout,
+        augmentation, optimizer@learning rate.
+        """
+        growth = f"*{self.width_growth:g}" if self.num_stages > 1 else ""
+        augment = [name for name, on in (("flip", self.flip != "none"), ("rot", self.rotation > 0),
+                                         ("zoom", self.zoom > 0)) if on]
+        return " ".join([
+            f"{self.num_stages}x{self.base_width}{growth}",
+            "sep" if self.conv_type == "separable" else "std",
+            "res" if self.residual else "nores",
+            f"bn{self.bn_momentum:g}" if self.batch_norm else "nobn",
+            f"c{self.convs_per_stage}k{self.kernel_size}",
+            f"stem{self.stem_filters}/{self.stem_kernel}",
+            f"drop{self.dropout:g}",
+            "+".join(augment) if augment else "noaug",
+            f"{self.optimizer}@{self.learning_rate:g}",
+        ])
+
 
 def _bad(config, name, expected):
     value = getattr(config, name)

@@ -297,6 +297,9 @@ def _narrow(spec: Spec, override: Any, label: str) -> Spec:
                     raise SpaceError(f"{where}: min/max must be numbers; got {bound!r}")
             if lo > hi:
                 raise SpaceError(f"{where}: empty range, min {_fmt(lo)} > max {_fmt(hi)}")
+            if lo < min(allowed) - 1e-12 or hi > max(allowed) + 1e-12:
+                raise SpaceError(f"{where}: {{min = {_fmt(lo)}, max = {_fmt(hi)}}} reaches outside the family "
+                                 f"(allowed: {allowed_text})")
             values = tuple(v for v in allowed if lo - 1e-12 <= v <= hi + 1e-12)
             if not values:
                 raise SpaceError(f"{where}: no value of the family lies in [{_fmt(lo)}, {_fmt(hi)}] (allowed: {allowed_text})")

@@ -1,0 +1,111 @@
+"""The entry point of a child process: ``python -m xtune.search._child ROLE SPEC``.
+
+ROLE is "search", "chief" or "worker"; SPEC is the JSON of a ``SearchRequest`` (or a
+worker's request) plus ``events_fd`` (where to write events, one JSON object per
+line) and ``parent`` (the supervisor's pid). See ``xtune._process``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+
+from xtune._events import ChildError, ChildOutcome
+from xtune._process import RECYCLE_EXIT
+from xtune.errors import XtuneError
+
+RECYCLE_ENV = "XTUNE_RECYCLE_MB"
+RECYCLE_MB = 256.0
+
+
+def recycle_mb() -> float:
+    """How many MB a search process may grow after its first trial before it ends between
+    trials and is started again (``XTUNE_RECYCLE_MB``, default 256)."""
+    try:
+        return float(os.environ.get(RECYCLE_ENV, RECYCLE_MB))
+    except ValueError:
+        return RECYCLE_MB
+
+
+def _die_with_parent() -> None:
+    """Get SIGTERM when the supervising parent dies (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def main(argv: list[str]) -> int:
+    role, spec = argv[0], json.loads(argv[1])
+    _die_with_parent()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from xtune._runtime import filter_native_stderr, quiet_python_warnings
+
+    filter_native_stderr()
+    quiet_python_warnings()
+    out = os.fdopen(spec.pop("events_fd"), "w", encoding="utf-8", buffering=1)
+    parent = spec.pop("parent")
+    lock = threading.Lock()
+    stop_event = threading.Event()
+
+    def emit(event) -> None:
+        with lock:
+            try:
+                out.write(json.dumps(event.to_dict(), default=str) + "\n")
+            except (BrokenPipeError, ValueError):
+                stop_event.set()  # the supervisor is gone
+
+    def orphaned():
+        while not stop_event.wait(1.0):
+            if os.getppid() != parent:
+                stop_event.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until the search installs its own (the same)
+        signal.signal(signum, lambda *_: stop_event.set())
+    try:
+        status, details = _run(role, spec, emit, stop_event)
+    except XtuneError as error:
+        emit(ChildError(type(error).__name__, str(error)))
+        return error.exit_code
+    except BaseException as error:
+        emit(ChildError("crash", f"{type(error).__name__}: {error}"))
+        raise
+    emit(ChildOutcome(status, details))
+    if status == "recycle":
+        return RECYCLE_EXIT
+    return {"interrupted": 130, "stopped": 1, "chief lost": 1}.get(status, 0)
+
+
+def _run(role: str, spec: dict, emit, stop_event) -> tuple[str, dict]:
+    if role == "worker":
+        from xtune.search._worker import WorkerRequest, run_worker
+
+        outcome = run_worker(WorkerRequest.from_dict(spec), progress=emit, stop_event=stop_event,
+                             recycle_mb=recycle_mb())
+        return outcome.status, {"trials": outcome.trials, "message": outcome.message, "trial_id": outcome.trial_id,
+                                "worker_id": outcome.worker_id}
+    from xtune.search._launch import SearchRequest
+
+    request = SearchRequest.from_dict(spec)
+    if role == "chief":
+        from xtune.search._chief import run_chief
+
+        outcome = run_chief(request, progress=emit, stop_event=stop_event)
+    else:
+        from xtune.search._run import run_search
+
+        outcome = run_search(request.path, request.given, space_ref=request.space_ref, data_dir=request.data_dir_path,
+                             archive=request.archive_path, overwrite=request.overwrite, progress=emit,
+                             mixed_precision=request.mixed_precision, strategy=request.strategy,
+                             stop_event=stop_event, recycle_mb=recycle_mb())
+    return outcome.status, {"resumed": outcome.resumed, "notes": outcome.notes, "message": outcome.message}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

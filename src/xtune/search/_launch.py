@@ -1,0 +1,339 @@
+"""`tune search` and `tune worker`: one request object, the right processes.
+
+``start_search(request)`` picks the mode from one ``SearchRequest`` and runs it in
+supervised child processes (``xtune._process``):
+
+* one process: a "search" child (``run_search``);
+* ``--workers N``: a "chief" child on a free loopback port, then N "worker" children
+  (GPUs divided among them, CPU threads split on a machine without);
+* ``--chief``: a "chief" child that serves workers on other machines.
+
+The parent renders their events (one view whatever the mode), restarts a child that
+dies (a search resumes at its last saved epoch; a worker under the same id gets its
+trial back), and on Ctrl-C stops the workers first, then the chief. ``start_worker``
+runs a lone `tune worker` the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xtune._events import (
+    BatchProgress,
+    ChildOutcome,
+    Event,
+    MemoryRecycled,
+    ProcessRestarted,
+    SearchStarted,
+    Serving,
+    TrialEnded,
+    TrialStarted,
+    WorkersStarted,
+)
+from xtune._process import ChildSpec, Supervisor
+from xtune.errors import DataError, ProjectError, SpaceError, UsageError, XtuneError
+from xtune.search._project import SearchSettings, read_run
+from xtune.search._run import SearchOutcome, search_outcome
+
+_ERRORS = {cls.__name__: cls for cls in (UsageError, SpaceError, DataError, ProjectError, XtuneError)}
+WORKER_GRACE = 30.0  # seconds finished workers get to hear from the chief that the plan is done
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything `tune search` was asked, parsed once (the spec of every child).
+
+    Attributes:
+        project: The search directory.
+        given: Settings given explicitly (``SearchSettings`` field -> value).
+        space_ref: ``--space`` (a file or built-in name), or None.
+        data_dir, archive: Where prepared data is cached; a downloaded Kaggle archive.
+        overwrite: Start over (remove what xtune wrote in the project first).
+        mixed_precision, strategy: Of each trial ("auto"/"on"/"off"; "none"/"mirrored").
+        workers: Worker processes on this machine (None: one search process).
+        gpus: GPU numbers to divide among the workers.
+        serve: Serve the search to workers on other machines (``--chief``).
+        host, port: Where a serving chief listens.
+    """
+
+    project: str
+    given: dict = field(default_factory=dict)
+    space_ref: str | None = None
+    data_dir: str | None = None
+    archive: str | None = None
+    overwrite: bool = False
+    mixed_precision: str = "auto"
+    strategy: str = "none"
+    workers: int | None = None
+    gpus: tuple | None = None
+    serve: bool = False
+    host: str = "0.0.0.0"
+    port: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.project)
+
+    @property
+    def data_dir_path(self) -> Path | None:
+        return Path(self.data_dir) if self.data_dir is not None else None
+
+    @property
+    def archive_path(self) -> Path | None:
+        return Path(self.archive) if self.archive is not None else None
+
+    @property
+    def mode(self) -> str:
+        """"chief" (serve), "workers" (a chief and workers here) or "single"."""
+        return "chief" if self.serve else ("workers" if self.workers else "single")
+
+    def resumed(self) -> "SearchRequest":
+        """The same request for a restart: never overwrite twice."""
+        return dataclasses.replace(self, overwrite=False)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["given"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.given.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchRequest":
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if data.get("gpus") is not None:
+            data["gpus"] = tuple(data["gpus"])
+        return cls(**data)
+
+    def check(self) -> None:
+        """Refuse contradictory options (UsageError)."""
+        if self.serve and (self.workers or self.gpus or self.strategy != "none"):
+            raise UsageError("the chief trains nothing: give --gpus and --strategy to each `tune worker` "
+                             "(and --workers is for workers on this machine, without --chief)")
+        if not self.serve and self.port is not None:
+            raise UsageError("--host and --port are for --chief (--workers picks a free local port)")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be at least 1; got {self.workers}")
+
+
+def parse_gpus(text: str | None) -> tuple | None:
+    """``--gpus 0,1,3`` -> ("0", "1", "3"); UsageError if malformed."""
+    if text is None:
+        return None
+    gpus = [g.strip() for g in str(text).split(",") if g.strip()]
+    if not gpus or any(not g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus must be distinct GPU numbers like 0,1; got {text!r}")
+    return tuple(gpus)
+
+
+def assign_gpus(gpus, workers: int) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` of each worker: the GPUs divided in contiguous groups.
+
+    4 GPUs, 2 workers: "0,1" and "2,3" (``--strategy mirrored`` trains each trial on
+    both of a worker's). Fewer GPUs than workers: they are shared in turn.
+    No GPUs given: None (each worker sees what the machine has).
+    """
+    if not gpus:
+        return [None] * workers
+    gpus = list(gpus)
+    if len(gpus) < workers:
+        return [gpus[k % len(gpus)] for k in range(workers)]
+    size, extra = divmod(len(gpus), workers)
+    groups, start = [], 0
+    for k in range(workers):
+        end = start + size + (1 if k < extra else 0)
+        groups.append(",".join(gpus[start:end]))
+        start = end
+    return groups
+
+
+def _threads_env(threads: int | None) -> dict:
+    if not threads:
+        return {}
+    return {name: str(threads) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+
+
+class _Launch:
+    """The parent's side of one `tune search`: which children, what their events mean."""
+
+    def __init__(self, request: SearchRequest, progress, stop_event, on_output):
+        self.request = request
+        self.progress = progress or (lambda event: None)
+        self.supervisor = Supervisor(self._on_event, on_output, self._on_done, stop_event)
+        self.primary = None
+        self.workers = []
+        self.running: dict[str, str] = {}  # worker name -> trial id
+        self.fatal: XtuneError | None = None
+        self.stopped: str | None = None
+        self.groups = assign_gpus(request.gpus, request.workers or 0)
+        self.threads = None
+        if request.workers and not request.gpus:
+            self.threads = max(1, (os.cpu_count() or 1) // request.workers)
+
+    def run(self) -> SearchOutcome:
+        request, spec = self.request, self.request.to_dict()
+        restart = self.request.resumed().to_dict()
+        if request.mode == "workers":
+            spec.update(host="127.0.0.1", port=0)
+            restart.update(host="127.0.0.1", port=0)
+        env = {"CUDA_VISIBLE_DEVICES": ""} if request.mode != "single" else {}  # a chief trains nothing
+        role = "search" if request.mode == "single" else "chief"
+        log = request.path / "cluster" / "chief.log" if request.mode == "workers" else None
+        self.primary = self.supervisor.start(ChildSpec(role, role, spec, restart, env, log, stage=1))
+        try:
+            self.supervisor.run()
+        except KeyboardInterrupt:  # pragma: no cover - the supervisor handles signals itself
+            self.supervisor.kill()
+        return self._outcome()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_event(self, child, event: Event) -> None:
+        if child is self.primary:
+            if isinstance(event, Serving) and self.request.mode == "workers":
+                self._start_workers(event.port)
+                return
+            if isinstance(event, SearchStarted) and self.request.mode == "workers":
+                event = event.replace(workers=[{"worker": f"worker-{k + 1}", "gpus": g, "threads": self.threads}
+                                               for k, g in enumerate(self.groups)])
+            elif isinstance(event, TrialStarted) and event.worker:
+                self.running[event.worker] = event.trial_id
+            elif isinstance(event, TrialEnded) and event.worker:
+                self.running.pop(event.worker, None)
+            if not isinstance(event, ChildOutcome):
+                self.progress(event)
+            return
+        # A worker: its trials are reported by the chief; its restarts, memory recycling and batches are news.
+        if isinstance(event, ProcessRestarted):
+            self.progress(event.replace(trial_id=self.running.get(child.name)))
+        elif isinstance(event, (BatchProgress, MemoryRecycled)):
+            self.progress(event)
+
+    def _start_workers(self, port: int) -> None:
+        from xtune.search._worker import WorkerRequest
+
+        request = self.request
+        for k in range(1, request.workers + 1):
+            spec = WorkerRequest(str(request.path), f"127.0.0.1:{port}", str(k), request.data_dir,
+                                 request.mixed_precision, request.strategy).to_dict()
+            env = _threads_env(self.threads)
+            if self.groups[k - 1] is not None:
+                env["CUDA_VISIBLE_DEVICES"] = self.groups[k - 1]
+            log = request.path / "cluster" / f"worker-{k}.log"
+            self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker", spec, None, env, log,
+                                                                stage=0)))
+        self.progress(WorkersStarted({"pid": self.primary.pid, "address": f"127.0.0.1:{port}"},
+                                     [{"worker": w.name, "pid": w.pid, "gpus": g, "threads": self.threads}
+                                      for w, g in zip(self.workers, self.groups)]))
+
+    def _on_done(self, child) -> None:
+        if child is self.primary:
+            finished = child.outcome is not None and child.outcome.status in ("finished", "already finished")
+            if finished and any(not w.done for w in self.workers):
+                threading.Timer(WORKER_GRACE, self.supervisor.stop).start()  # each is told at its next ask
+            else:
+                self.supervisor.stop()
+            return
+        status = child.outcome.status if child.outcome else None
+        if status == "finished":
+            return
+        if child.error is not None and child.error.error in _ERRORS:
+            self.fatal = _ERRORS[child.error.error](child.error.message)
+        elif status == "stopped":
+            self.stopped = child.outcome.details.get("message")
+        elif status in ("interrupted", "chief lost") and self.supervisor._stopping:
+            return
+        else:
+            self.fatal = XtuneError(f"{child.name} stopped ({child.gave_up or child.last_line() or 'no output'}); "
+                                    f"see {child.spec.log}")
+        self.supervisor.stop()
+
+    # -- the outcome -----------------------------------------------------------------------
+
+    def _outcome(self) -> SearchOutcome:
+        primary, project = self.primary, self.request.path
+        if self.fatal is not None:
+            raise self.fatal
+        if primary.error is not None:
+            raise _ERRORS.get(primary.error.error, XtuneError)(primary.error.message)
+        if primary.outcome is None:
+            why = primary.gave_up or f"{primary.last_line() or 'no output'}"
+            raise XtuneError(f"the {primary.name} process stopped unexpectedly ({why}); resume with: {self.resume()}")
+        status, details = primary.outcome.status, primary.outcome.details
+        if self.stopped is not None and status == "interrupted":
+            status, details = "stopped", {**details, "message": self.stopped}
+        try:
+            plan = SearchSettings.from_dict(read_run(project)["settings"]).plan()
+        except ProjectError:
+            raise XtuneError(f"the search in {project} did not start") from None
+        outcome = search_outcome(project, status, plan, details.get("resumed", False), details.get("notes"),
+                                 details.get("message"))
+        if self.request.mode != "single":
+            outcome.resume = self.resume()
+        return outcome
+
+    def resume(self) -> str:
+        command = f"tune search --project {_quote(self.request.project)}"
+        if self.request.mode == "workers":
+            command += f" --workers {self.request.workers}"
+            command += f" --gpus {','.join(self.request.gpus)}" if self.request.gpus else ""
+        elif self.request.mode == "chief":
+            command += " --chief"
+        return command
+
+
+def _quote(text) -> str:
+    import shlex
+
+    return shlex.quote(str(text))
+
+
+def start_search(request: SearchRequest, progress=None, *, stop_event: threading.Event | None = None,
+                 on_output=None) -> SearchOutcome:
+    """Run the search of ``request`` in supervised child processes, in the mode it asks for.
+
+    Args:
+        request: What `tune search` was asked.
+        progress: Receives every event of the search (``xtune._events``), whatever the mode.
+        stop_event: Set it to stop as Ctrl-C would.
+        on_output: Receives ``(child, line, is_stderr)`` of a child's own output
+            (warnings, a crash's last words); children with a log file write there.
+
+    Returns:
+        A ``SearchOutcome``.
+
+    Raises:
+        UsageError, ProjectError, DataError: one-line user errors, from any process.
+    """
+    request.check()
+    return _Launch(request, progress, stop_event, on_output).run()
+
+
+def start_worker(request, progress=None, *, stop_event: threading.Event | None = None, on_output=None):
+    """Run `tune worker` in a supervised child process (restarted after a crash or to release memory).
+
+    Returns:
+        A ``WorkerOutcome``.
+    """
+    from xtune.search._worker import WorkerOutcome
+
+    result = {}
+
+    def on_done(child):
+        result["child"] = child
+
+    supervisor = Supervisor(lambda child, event: progress(event) if progress else None, on_output, on_done,
+                            stop_event)
+    supervisor.start(ChildSpec("worker", "worker", request.to_dict(), None, {}, None, stage=1))
+    supervisor.run()
+    child = result["child"]
+    if child.error is not None:
+        raise _ERRORS.get(child.error.error, XtuneError)(child.error.message)
+    if child.outcome is None:
+        raise XtuneError(f"the worker process stopped unexpectedly ({child.gave_up or child.last_line() or 'no output'})")
+    details = child.outcome.details
+    return WorkerOutcome(details.get("worker_id") or request.worker_id or "?", child.outcome.status,
+                         details.get("trials", 0), details.get("message"), details.get("trial_id"))
+

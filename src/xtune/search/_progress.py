@@ -1,0 +1,91 @@
+"""Where a running search stands: trials done of the plan, the best so far, the time left.
+
+The estimate of the time left counts work, not trials: each trial costs a fixed part
+(building, tracing, saving: measured as its wall time minus its epochs) plus its
+epochs (measured per epoch). Both rates come from this session's trials, and what
+is left comes from the plan (trials, and the epochs each still has to train), so a
+search of many short first-round trials followed by a few long last-round ones is
+not extrapolated from the first ones' pace. Several workers divide the time left
+(the rates are per process; they run side by side).
+"""
+
+from __future__ import annotations
+
+import time
+
+from xtune._events import EpochEnded, Event, SearchStarted, TrialEnded, TrialStarted
+
+
+class SearchProgress:
+    """Folds a search's events into what a user wants to see while it runs."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.start = clock()
+        self.plan: dict | None = None
+        self.maximize = True
+        self.total = 0
+        self.ended = 0
+        self.best: float | None = None
+        self.workers = 1
+        self._epoch_seconds = 0.0
+        self._epochs = 0
+        self._overhead = 0.0
+        self._trials = 0
+        self._started: dict[str, float] = {}
+        self._trial_epoch_seconds: dict[str, float] = {}
+        self._epochs_left = 0
+        self._running: dict[str, TrialStarted] = {}
+        self._done_in_trial: dict[str, int] = {}
+
+    def update(self, event: Event) -> None:
+        if isinstance(event, SearchStarted):
+            self.plan = event.plan
+            self.total = event.plan["total_trials"]
+            self.ended = event.completed + event.failed
+            self.maximize = not event.settings["objective"].endswith("loss")
+            self.workers = max(1, len(event.workers))
+            self._epochs_left = max(event.plan["total_epochs"] - event.epochs_done, 0)
+            self.start = self.clock()
+        elif isinstance(event, TrialStarted):
+            self._running[event.trial_id] = event
+            self._started[event.trial_id] = self.clock()
+            self._trial_epoch_seconds[event.trial_id] = 0.0
+            self._done_in_trial[event.trial_id] = event.resumed_at or event.initial_epoch
+        elif isinstance(event, EpochEnded) and event.trial_id is not None:
+            self._epochs_left = max(self._epochs_left - 1, 0)
+            self._done_in_trial[event.trial_id] = event.epoch
+            if event.seconds is not None:
+                self._epoch_seconds += event.seconds
+                self._epochs += 1
+                self._trial_epoch_seconds[event.trial_id] = self._trial_epoch_seconds.get(event.trial_id, 0.0) + event.seconds
+        elif isinstance(event, TrialEnded):
+            self.ended += 1
+            self._running.pop(event.trial_id, None)
+            started = self._started.pop(event.trial_id, None)
+            if started is not None:
+                self._overhead += max(self.clock() - started - self._trial_epoch_seconds.pop(event.trial_id, 0.0), 0.0)
+                self._trials += 1
+            if event.status == "COMPLETED" and event.score is not None:
+                if self.best is None or (event.score > self.best if self.maximize else event.score < self.best):
+                    self.best = event.score
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def eta(self) -> float | None:
+        """Seconds left (None until one trial of this session has ended)."""
+        if not self._trials or not self._epochs:
+            return None
+        per_epoch = self._epoch_seconds / self._epochs
+        per_trial = self._overhead / self._trials
+        trials_left = max(self.total - self.ended, 0)
+        return (self._epochs_left * per_epoch + trials_left * per_trial) / self.workers
+
+    def trial_eta(self, trial_id: str) -> float | None:
+        """Seconds left in a running trial (from this session's pace per epoch)."""
+        started = self._running.get(trial_id)
+        if started is None or not self._epochs or started.epochs is None:
+            return None
+        return max(started.epochs - self._done_in_trial.get(trial_id, 0), 0) * self._epoch_seconds / self._epochs

@@ -1,0 +1,72 @@
+"""The project lock: refused while held, waited for while its holder is stopping (its parent killed)."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from xtune.errors import ProjectError
+from xtune.search._project import ProjectLock
+
+HOLDER = """
+import os, subprocess, sys, time
+if sys.argv[1] == "parent":  # starts the holder, prints its pid, then waits to be killed
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", sys.argv[3], sys.argv[4]])
+    print(child.pid, flush=True)
+    time.sleep(600)
+else:  # the holder: takes the lock, keeps it while its parent lives, then a little longer (stopping)
+    from xtune.search._project import ProjectLock
+    lock = ProjectLock(sys.argv[2]).acquire()
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.05)
+    time.sleep(float(sys.argv[3]))
+    lock.release()
+"""
+
+
+def start_holder(project, stopping_for: float):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, "parent", HOLDER, str(project), str(stopping_for)],
+                            stdout=subprocess.PIPE, text=True)
+    holder = int(proc.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not (project / ".lock").exists() or b"parent" not in (project / ".lock").read_bytes():
+        assert time.monotonic() < deadline, "the holder never took the lock"
+        time.sleep(0.05)
+    return proc, holder
+
+
+def test_a_held_lock_is_refused_at_once(tmp_path):
+    proc, holder = start_holder(tmp_path, 0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ProjectError, match=rf"being searched by another tune process \(pid {holder} on"):
+            ProjectLock(tmp_path).acquire()
+        assert time.monotonic() - started < 2  # its parent lives: nothing to wait for
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_holder_whose_parent_was_killed_is_waited_for(tmp_path):
+    """What a job scheduler does: kill -9 `tune search`, start it again at once."""
+    proc, holder = start_holder(tmp_path, 2.0)
+    proc.send_signal(signal.SIGKILL)  # the supervisor dies; its search process stops at its next batch
+    proc.wait()
+    waits = []
+    started = time.monotonic()
+    with ProjectLock(tmp_path, on_wait=waits.append):
+        took = time.monotonic() - started
+    assert len(waits) == 1 and waits[0].pid == holder
+    assert 1.0 < took < ProjectLock.ORPHAN_WAIT
+    assert not running(holder)  # it stopped by itself before the lock was taken
+
+
+def running(pid: int) -> bool:
+    try:  # a reaped process is gone; one nobody reaped (its parent was killed) is a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
