@@ -205,6 +205,13 @@ def test_more_budget_never_means_fewer_trials():
     assert totals == sorted(totals)
 
 
+def test_the_plan_defaults_are_the_search_defaults():
+    from xtune.search import SearchSettings
+
+    d = SearchSettings(data="demo")
+    assert hyperband_plan() == hyperband_plan(d.max_trials, d.max_epochs, d.factor)
+
+
 def test_command_line_defaults_are_the_settings_defaults():
     import dataclasses
 
