@@ -50,9 +50,10 @@ def make_classes_folder(root: Path, classes=("cat", "dog"), per_class: int = 12,
 
 def make_split_folder(root: Path, classes=("cat", "dog"), per_split=(6, 3, 3), size: int = 16) -> Path:
     """FOLDER/{train,validation,test}/<class>/<images>."""
-    for split, n in zip(("train", "validation", "test"), per_split):
+    for s, (split, n) in enumerate(zip(("train", "validation", "test"), per_split)):
         for c, cls in enumerate(classes):
             for i in range(n):
+                # A seed of its own per image, the same in every process (hash() of a str is not).
                 write(root / split / cls / f"{split}_{cls}_{i}.png",
                       image_bytes("PNG", size=size, seed=zlib.crc32(f"{split}/{c}/{i}".encode()),
                                   color=COLORS.get(cls, (9, 9, 9))))

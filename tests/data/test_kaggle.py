@@ -114,13 +114,58 @@ def test_missing_credentials_say_where_the_token_goes(tmp_path, data_dir):
 
 
 @pytest.fixture
-def kaggle_api(monkeypatch, tmp_path):
-    """The real KaggleApi with (fake) credentials; its download call is ours to replace."""
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
+def no_network(monkeypatch):
+    """Fail the test if it opens a network connection (the kaggle client checks tokens over HTTPS).
+
+    Connections are refused and recorded; the test fails at teardown even if the code
+    under test caught the refusal and carried on.
+    """
+    import socket
+
+    attempts = []
+
+    def refuse(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise ConnectionRefusedError(f"this test may not reach the network ({address})")
+        return real_connect(self, address, *args)
+
+    def resolve(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(f"this test may not resolve {host}")
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    yield attempts
+    assert attempts == [], f"the test tried to reach the network: {attempts}"
+
+
+@pytest.fixture
+def kaggle_api(monkeypatch, tmp_path, no_network):
+    """The real KaggleApi with (fake) legacy credentials, isolated like the subprocess test above.
+
+    kaggle 2.x tries an access token first (KAGGLE_API_TOKEN, ~/.kaggle/access_token) and
+    checks it over HTTPS, then OAuth credentials in ~/.kaggle: with the machine's own
+    home and KAGGLE_* variables, a developer's token would send these tests to Kaggle.
+    So every KAGGLE_* variable goes, HOME is an empty folder, and only the fake
+    username and key remain. The download call is ours to replace.
+    """
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef")
     from kaggle.api.kaggle_api_extended import KaggleApi
 
+    # Where it looks for kaggle.json is fixed when kaggle is first imported (maybe by an earlier test).
+    monkeypatch.setattr(KaggleApi, "config_dir", str(home / ".kaggle"))
+    monkeypatch.setattr(KaggleApi, "config", str(home / ".kaggle" / "kaggle.json"))
     return KaggleApi
 
 

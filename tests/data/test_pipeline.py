@@ -4,12 +4,11 @@ import gc
 
 import numpy as np
 import pytest
+import tensorflow as tf  # a broken install fails here, loudly, instead of skipping the file
 
 from xtune.data import DataError, load_splits, prepare_data
 
 from .images import make_bad_folder, make_classes_folder, make_split_folder
-
-tf = pytest.importorskip("tensorflow")
 
 
 @pytest.fixture

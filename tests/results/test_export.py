@@ -253,6 +253,7 @@ def test_an_interrupted_export_leaves_no_folder(search_copy, data_dir, monkeypat
     assert not [p for p in search_copy.iterdir() if p.name.startswith(".export")]
 
 
+@pytest.mark.slow  # trains (the export fine-tunes a preset)
 def test_multiclass_preset_export_without_a_search_result(tmp_path, data_dir):
     """A preset with --epochs needs no completed trial; three classes give a softmax."""
     from xtune.data import prepare_data
@@ -315,6 +316,7 @@ def test_reestimated_statistics_are_the_training_data_averages():
     assert bn.momentum == config.bn_momentum  # restored
 
 
+@pytest.mark.slow  # trains
 def test_reestimation_rescues_a_model_that_predicts_one_class():
     """Few steps per epoch and momentum 0.99: as trained it predicts one class; re-estimated it does not."""
     import keras

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from xtune.cli import tune
 from xtune.results import predict_images
 
+from .conftest import IMAGE_SIZE
+
 
 @pytest.fixture
 def exported(exported_search):
@@ -65,14 +67,22 @@ def test_predict_command_prints_one_line_per_image(exported, images):
 
 
 def test_images_of_another_size_are_resized(exported, tmp_path, splits):
+    """A 77x50 image is predicted as the model sees it resized (bilinear, whole values) to its input size."""
+    import keras
     import tensorflow as tf
 
     x, _ = splits.arrays("test")
-    big = tf.image.resize(x[:1], (77, 50)).numpy()[0]
+    big = np.clip(np.round(tf.image.resize(x[:1], (77, 50)).numpy()[0]), 0, 255).astype(np.uint8)
     path = tmp_path / "big.png"
-    path.write_bytes(tf.io.encode_png(big.astype(np.uint8)).numpy())
+    path.write_bytes(tf.io.encode_png(big).numpy())
     (record,) = predict_images(exported, [path])
-    assert "class" in record
+    model = keras.models.load_model(exported / "model.keras")
+    assert model.input_shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE) != big.shape[:2]
+    resized = tf.image.resize(big.astype(np.float32), (IMAGE_SIZE, IMAGE_SIZE), method="bilinear").numpy()
+    seen = np.clip(np.round(resized), 0, 255)  # as the training pipeline decodes it
+    p = float(np.asarray(model.predict(seen[None], verbose=0))[0, 0])
+    assert record["class"] == ("vertical" if p > 0.5 else "horizontal")
+    assert record["probabilities"]["vertical"] == pytest.approx(p, abs=1e-5)
 
 
 def test_an_unreadable_image_is_named_and_the_others_still_predicted(exported, images, tmp_path):

@@ -107,6 +107,7 @@ def _every_value():
             yield spec.name, value
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("num_classes", [2, 5])
 @pytest.mark.parametrize("name, value", list(_every_value()), ids=lambda v: str(v))
 def test_every_value_builds_and_trains_one_step(name, value, num_classes):
@@ -174,6 +175,7 @@ print("trained")
 """
 
 
+@pytest.mark.slow  # trains
 def test_training_on_odd_batches_does_not_crash_tensorflow():
     """The models a search trains survive odd batch sizes (a last partial batch) on oneDNN CPUs.
 

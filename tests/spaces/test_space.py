@@ -38,19 +38,33 @@ def test_bn_momentum_is_only_sampled_with_batch_norm():
     assert not hp.is_active("bn_momentum")
 
 
-def test_random_samples_are_valid_and_seeded():
+def _drawn(tmp_path, seed, n=6):
+    """What KerasTuner's random search draws from the registered space, trial by trial as a tuner asks."""
     hp = keras_tuner.HyperParameters()
     sample_config(hp)  # register the space
-    oracle_a = keras_tuner.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=5, seed=3, hyperparameters=hp)
-    draws = []
-    for _ in range(2):
-        oracle = keras_tuner.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=5, seed=3, hyperparameters=hp.copy())
-        draws.append([oracle._random_values() for _ in range(5)])
-    assert draws[0] == draws[1]
-    for values in draws[0]:
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=n, seed=seed, hyperparameters=hp)
+    oracle._set_project_dir(str(tmp_path), f"seed-{seed}")
+    drawn = []
+    for _ in range(n):
+        trial = oracle.create_trial("tuner0")
+        drawn.append(dict(trial.hyperparameters.values))
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    return drawn
+
+
+def test_random_samples_are_valid_and_seeded(tmp_path):
+    first = _drawn(tmp_path / "a", seed=3)
+    assert _drawn(tmp_path / "b", seed=3) == first  # the same seed draws the same configurations
+    assert _drawn(tmp_path / "c", seed=4) != first
+    assert len({json.dumps(v, sort_keys=True) for v in first}) == len(first)
+    for values in first:
         fresh = keras_tuner.HyperParameters()
         fresh.values.update(values)
-        sample_config(fresh)  # validates
+        config = sample_config(fresh)  # validates: raises on a value outside the space
+        assert {k: v for k, v in config.to_dict().items() if k in values} == values
+        assert ("bn_momentum" in values) == config.batch_norm  # only drawn where it is used
 
 
 def test_default_space_counts():
