@@ -285,14 +285,16 @@ def test_is_disk_full_ends_on_a_cycle_of_errors():
 def test_keras_tuner_state_files_are_written_atomically(tmp_path, monkeypatch):
     from keras_tuner.src import utils
 
-    monkeypatch.setattr(utils, "save_json", utils.save_json)  # restored after the test
+    from xtune.search import _kt
+
+    original = utils.save_json
     theirs = utils.save_json(str(tmp_path / "theirs.json"), {"trials": {"0001": 1}, "x": [1.5]})
-    assert _atomic.install_keras_tuner_atomic_writes() is _atomic.keras_tuner_save_json
-    assert utils.save_json is _atomic.keras_tuner_save_json
     writes = []
     real = _atomic.write_json
     monkeypatch.setattr(_atomic, "write_json", lambda *a, **k: writes.append(a[0]) or real(*a, **k))
-    ours = utils.save_json(str(tmp_path / "ours.json"), {"trials": {"0001": 1}, "x": [1.5]})
+    with _kt.patched():  # the seam's scope: every KerasTuner state file goes through the atomic writer
+        assert utils.save_json is not original
+        ours = utils.save_json(str(tmp_path / "ours.json"), {"trials": {"0001": 1}, "x": [1.5]})
     assert writes == [str(tmp_path / "ours.json")]
     assert ours == theirs == (tmp_path / "ours.json").read_text() == (tmp_path / "theirs.json").read_text()
-    assert _atomic.install_keras_tuner_atomic_writes() is _atomic.keras_tuner_save_json  # idempotent
+    assert utils.save_json is original  # restored when the scope ends

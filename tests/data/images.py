@@ -50,7 +50,7 @@ def make_classes_folder(root: Path, classes=("cat", "dog"), per_class: int = 12,
 
 def make_split_folder(root: Path, classes=("cat", "dog"), per_split=(6, 3, 3), size: int = 16) -> Path:
     """FOLDER/{train,validation,test}/<class>/<images>."""
-    for s, (split, n) in enumerate(zip(("train", "validation", "test"), per_split)):
+    for split, n in zip(("train", "validation", "test"), per_split):
         for c, cls in enumerate(classes):
             for i in range(n):
                 # A seed of its own per image, the same in every process (hash() of a str is not).

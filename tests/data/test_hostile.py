@@ -48,9 +48,15 @@ def _prepare(*args):
 
 def _skip_line(output, path):
     """The reason printed for ``path`` in the table of skipped files."""
-    line = next((line for line in output.splitlines() if line.startswith(path + " ")), None)
-    assert line is not None, output
-    return line[len(path):].strip()
+    lines = output.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith(path + " ")), None)
+    assert at is not None, output
+    reason = [lines[at][len(path):].strip()]
+    for more in lines[at + 1:]:  # a long reason wraps inside its column (the table fits the terminal)
+        if not more.startswith(" " * len(path)) or not more.strip():
+            break
+        reason.append(more.strip())
+    return " ".join(reason)
 
 
 def _files_on_disk(prepared):
