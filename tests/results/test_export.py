@@ -350,3 +350,33 @@ def test_metrics():
     assert m["per_class"] == {"a": {"accuracy": 1.0, "images": 1}, "b": {"accuracy": 0.0, "images": 1},
                               "c": {"accuracy": None, "images": 0}}
     assert m["confusion_matrix"] == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
+def test_auto_ships_the_checkpoint_when_the_retrained_model_validates_worse(search_copy, data_dir, monkeypatch):
+    from xtune.results import _export
+
+    # A retraining that trains nothing: it validates far below the search's checkpoint.
+    monkeypatch.setattr(_export, "_fit", lambda model, *args, **kwargs: [])
+    report = export_model(search_copy, data_dir=data_dir)
+    selection = report.card["training"]["selection"]
+    scores = selection["validation"]
+    assert selection["mode"] == "auto" and selection["shipped"] == "checkpoint"
+    assert scores["checkpoint"]["val_accuracy"] > scores["retrained"]["val_accuracy"]
+    assert not report.card["training"]["retrained"] and "checkpoint" in report.card["training"]["epochs_rule"]
+    # --retrain always ships the retrained model however it validates.
+    always = export_model(search_copy, data_dir=data_dir, retrain="always", out=search_copy / "export-always")
+    assert always.card["training"]["selection"]["shipped"] == "retrained" and always.card["training"]["retrained"]
+    assert always.test["accuracy"] <= report.test["accuracy"]
+
+
+def test_the_lineage_sets_the_epochs_of_a_retraining(search_copy):
+    from xtune.results._export import _lineage, lineage_best_epoch
+
+    state = load_project(search_copy)
+    promoted = next(t for t in state.trials if t.parent is not None)
+    parent = state.trial(promoted.parent)
+    assert [t.trial_id for t in _lineage(state, parent)][:2] == [parent.trial_id, promoted.trial_id]
+    epochs = {h["epoch"]: h for t in (parent, promoted) for h in t.record.history}
+    best = lineage_best_epoch(state, parent)
+    assert best == lineage_best_epoch(state, promoted)  # one run in pieces: one best epoch
+    assert epochs[best]["val_accuracy"] == max(h["val_accuracy"] for h in epochs.values())

@@ -113,8 +113,10 @@ def _echo_best(best: dict, project) -> None:
                    "with --train-on train+val]")
 @click.option("--train-on", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
               help="Retrain on the training split, or on training + validation (the test split is never trained on).")
-@click.option("--no-retrain", "retrain", is_flag=True, flag_value=False, default=True,
-              help="Export the best trial's own checkpoint (its best epoch) instead of retraining.")
+@click.option("--retrain", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="auto: retrain, then ship whichever of the retrained model and the search's own checkpoint of "
+                   "the trial validates better; always: ship the retrained model; never: ship the checkpoint.")
+@click.option("--no-retrain", "no_retrain", is_flag=True, help="The same as --retrain never.")
 @click.option("--preset", metavar="NAME",
               help="Train this preset of the family instead of the searched best, with the same data and "
                    "settings: seed (the book's model), small or plain.")
@@ -125,7 +127,7 @@ def _echo_best(best: dict, project) -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
               help="json prints the model card (progress goes to stderr).")
 @click.option("--quiet", is_flag=True, help="No progress, only the result.")
-def export(project, out, epochs, train_on, retrain, preset, trial_id, overwrite, data_dir, fmt, quiet):
+def export(project, out, epochs, train_on, retrain, no_retrain, preset, trial_id, overwrite, data_dir, fmt, quiet):
     """Retrain the best architecture, test it, and export it (Keras, SavedModel, TFLite).
 
     Rebuilds the best trial's configuration from its stored hyperparameters and
@@ -149,6 +151,8 @@ def export(project, out, epochs, train_on, retrain, preset, trial_id, overwrite,
 
     quiet_tensorflow()
     printer = ExportView(verbose=not quiet, err=fmt == "json")
+    if no_retrain:
+        retrain = "never"
     report = export_model(project_required(project), out=out, epochs=epochs, train_on=train_on, retrain=retrain,
                           preset=preset, trial_id=trial_id, overwrite=overwrite, data_dir=data_dir,
                           progress=printer)
@@ -160,6 +164,15 @@ def export(project, out, epochs, train_on, retrain, preset, trial_id, overwrite,
 
 def _echo_export(card: dict, out) -> None:
     test = card["test"]
+    selection = card["training"].get("selection") or {}
+    scores = selection.get("validation") or {}
+    if len(scores) > 1:
+        objective = card["search"]["objective"]
+        shipped = selection["shipped"]
+        other = next(name for name in scores if name != shipped)
+        what = {"retrained": "the retrained model", "checkpoint": "the search's checkpoint"}
+        say(f"Shipped {what[shipped]}:", f"{objective} {scores[shipped][objective]:.4f} on validation,",
+            f"against {scores[other][objective]:.4f} for {what[other]}")
     say(f"Test: accuracy {test['accuracy']:.4f},", f"loss {test['loss']:.4f}", f"on {test['images']} images")
     per_class = [f"{name} {'-' if r['accuracy'] is None else format(r['accuracy'], '.4f')} ({r['images']})"
                  for name, r in test["per_class"].items()]

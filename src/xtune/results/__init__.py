@@ -46,11 +46,15 @@ _LAZY = {
     "classification_metrics": "_metrics",
     "predict_images": "_predict",
     "read_card": "_predict",
-    "reestimate_batch_norm": "_batchnorm",
+
 }
 
 
 def __getattr__(name):
+    if name == "reestimate_batch_norm":
+        from xtune.spaces._batchnorm import reestimate_batch_norm
+
+        return reestimate_batch_norm
     # numpy and (when called) Keras/TensorFlow: keep `import xtune.results` light.
     if name in _LAZY:
         import importlib

@@ -41,6 +41,7 @@ from xtune.spaces import PRESETS, MiniXceptionConfig
 CARD_FILE = "model_card.json"
 CARD_FORMAT = 1
 TRAIN_ON = ("train", "train+val")
+RETRAIN = ("auto", "always", "never")
 # Every reloaded format must give the trained model's probabilities within this
 # (max absolute difference over CHECK_IMAGES test images), or the export fails.
 TOLERANCE = 1e-4
@@ -100,7 +101,7 @@ class ExportJob:
     preset: str | None
     trial: object | None  # the trial exported (None for a preset trained with --epochs)
     config: MiniXceptionConfig
-    retrain: bool
+    retrain: str  # "auto", "always" or "never" (RETRAIN)
     train_on: str
     epochs: int | None
     best_epoch: int
@@ -114,7 +115,7 @@ def export_model(
     out: Path | None = None,
     epochs: int | None = None,
     train_on: str = "train",
-    retrain: bool = True,
+    retrain: str | bool = "auto",
     preset: str | None = None,
     trial_id: str | None = None,
     overwrite: bool = False,
@@ -137,11 +138,15 @@ def export_model(
     Args:
         project: The search directory.
         out: The export folder (default ``default_export_dir(project, preset)``).
-        epochs: Training epochs (default: the best trial's peak epoch, see
+        epochs: Training epochs (default: the epoch that validated best across the
+            trial's lineage, its promotions included, see ``lineage_best_epoch`` and
             ``default_epochs``).
         train_on: "train" or "train+val" (the validation split joins the training
             data; the test split is never trained on).
-        retrain: False exports the best trial's own checkpoint (its best epoch).
+        retrain: "auto" (the default): retrain, then ship whichever of the retrained
+            model and the search's own checkpoint of the trial validates better;
+            "always": ship the retrained model; "never": ship the checkpoint (True and
+            False mean "auto" and "never").
         preset: Train this ``PRESETS`` configuration (e.g. "seed", the book's model)
             instead of the searched best, with the same data and settings.
         trial_id: Export this completed trial instead of the best one.
@@ -170,16 +175,22 @@ def export_model(
     from xtune._runtime import configure_devices
 
     configure_devices("off")  # float32: what TFLite and SavedModel get, checked as trained
-    emit(ExportStarted(job.name, str(job.out), job.retrain, job.epochs, job.train_on,
+    emit(ExportStarted(job.name, str(job.out), job.retrain != "never", job.epochs, job.train_on,
                        job.trial.trial_id if job.trial else None, job.config.to_dict(), dict(splits.sizes)))
-    model, history, seconds, train_stream = train_or_load(job, splits, emit)
-    bn = refresh_batch_norm(job, model, splits, train_stream, emit)
+    candidates = []
+    if job.retrain != "never":
+        candidates.append(train_candidate(job, splits, emit))
+    if job.retrain != "always" and job.checkpoint is not None and job.checkpoint.is_file():
+        candidates.append(checkpoint_candidate(job, splits, emit))
+    for candidate in candidates:
+        candidate.bn = refresh_batch_norm(job, candidate.model, splits, candidate.stream, emit)
+    chosen, selection = choose_candidate(job, candidates, splits, emit)
     emit(ExportPhase("evaluate", "evaluating on the test split"))
-    inference = inference_model(model, job.config, splits)
+    inference = inference_model(chosen.model, job.config, splits)
     test, check_images = _evaluate(inference, splits.test, list(splits.class_names))
-    if bn is not None:
-        bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
-    card = model_card(job, inference, splits, data_info, history, seconds, bn, test)
+    if chosen.bn is not None:
+        chosen.bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
+    card = model_card(job, inference, splits, data_info, chosen, selection, test)
     write_export(job, inference, card, check_images, emit)
     emit(ExportEnded(str(job.out), test, card["comparison"]))
     return ExportReport(job.out, card)
@@ -195,12 +206,17 @@ def plan_export(project: Path, *, out, epochs, train_on, retrain, preset, trial_
         raise UsageError(f"--train-on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"no preset named {preset!r} (presets: {', '.join(PRESETS)})")
-    if not retrain and preset is not None:
+    retrain = {True: "auto", False: "never"}.get(retrain, retrain)
+    if retrain not in RETRAIN:
+        raise UsageError(f"--retrain must be one of {', '.join(RETRAIN)}; got {retrain!r}")
+    if retrain == "never" and preset is not None:
         raise UsageError("--no-retrain exports a trial's checkpoint; a preset has none (drop one of them)")
-    if not retrain and epochs is not None:
+    if retrain == "never" and epochs is not None:
         raise UsageError("--epochs sets the retraining; it has no effect with --no-retrain")
-    if not retrain and train_on != "train":
+    if retrain == "never" and train_on != "train":
         raise UsageError("--train-on sets the retraining; it has no effect with --no-retrain")
+    if retrain == "auto" and (preset is not None or train_on != "train"):
+        retrain = "always"  # nothing to compare with: a preset has no checkpoint; train+val leaves no validation
     if epochs is not None and epochs < 1:
         raise UsageError(f"--epochs must be at least 1; got {epochs}")
     out = Path(out) if out is not None else default_export_dir(project, preset)
@@ -214,9 +230,9 @@ def plan_export(project: Path, *, out, epochs, train_on, retrain, preset, trial_
         trial = best_trial(state)  # ProjectError when no trial has completed
     config = PRESETS[preset] if preset is not None else trial_config(state, trial)
     checkpoint = project / f"trial_{trial.trial_id}" / CHECKPOINT if trial is not None else None
-    if not retrain and not checkpoint.is_file():
+    if retrain == "never" and not checkpoint.is_file():
         raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
-    best_epoch = int((trial.record.best_epoch if trial else None) or (trial.epochs if trial else 1))
+    best_epoch = lineage_best_epoch(state, trial) if trial is not None else 1
     # The trial's own seed (as the tuner set it): a first-round trial retrained on
     # "train" repeats its search run exactly. A preset shares it, for a fair comparison.
     seed = settings.seed
@@ -233,53 +249,141 @@ def load_export_data(job: ExportJob, data_dir, splits):
     recorded = recorded_class_names(job.state)
     if recorded and recorded != names:
         raise DataError(f"the classes of {job.state.settings.data!r} are {names}, but the search trained on {recorded}")
-    if job.retrain and job.epochs is None:
+    if job.retrain != "never" and job.epochs is None:
         sizes = dict(splits.sizes)
         trained = int(sizes["train"]) + (int(sizes["validation"]) if job.train_on == "train+val" else 0)
         job.epochs = default_epochs(job.best_epoch, int(sizes["train"]), trained)
     return splits, data_info
 
 
-def train_or_load(job: ExportJob, splits, emit):
-    """Build the model as the search built it and train it, or load the trial's best epoch.
+@dataclass
+class Candidate:
+    """A model that may ship: the retrained one, or the search's own checkpoint of the trial."""
 
-    Returns:
-        ``(model, history, seconds, (train stream, steps per epoch))``.
+    name: str  # "retrained" or "checkpoint"
+    model: object
+    history: list
+    seconds: float
+    stream: tuple  # (training batches, steps per epoch): for the batch-norm re-estimation
+    bn: dict | None = None
+    validation: dict | None = None
+
+
+def lineage_best_epoch(state, trial) -> int:
+    """The epoch that validated best across a trial's lineage (it and its Hyperband promotions).
+
+    A promotion continues its parent, so a lineage is one training run in pieces; its
+    epochs are ranked as trials are (the objective, then validation loss).
     """
+    from xtune.search._state import rank_key
+
+    family = _lineage(state, trial)
+    epochs = [h for t in family for h in t.record.history if h.get("epoch")]
+    if not epochs:
+        return int(trial.record.best_epoch or trial.epochs or 1)
+    objective, maximize = state.objective, state.maximize
+    best = min(epochs, key=lambda h: rank_key(objective, maximize, h.get(objective), h.get("val_loss"),
+                                               h.get("val_accuracy"), None, str(h["epoch"])))
+    return int(best["epoch"])
+
+
+def _lineage(state, trial) -> list:
+    """The trials of one training run: the root of ``trial``'s promotions and every promotion from it."""
+    by_id = {t.trial_id: t for t in state.trials}
+    root = trial
+    while root.parent is not None and root.parent in by_id:
+        root = by_id[root.parent]
+    family, frontier = [root], [root.trial_id]
+    while frontier:
+        children = [t for t in state.trials if t.parent in frontier and t.status == "COMPLETED"]
+        family += children
+        frontier = [t.trial_id for t in children]
+    return [t for t in family if t.status == "COMPLETED"]
+
+
+def _fresh_model(job: ExportJob, splits):
     import keras
 
     from xtune.spaces import build_model, compile_model
 
-    keras.backend.clear_session()
     keras.utils.set_random_seed(job.seed)
     input_shape = (job.state.settings.image_size, job.state.settings.image_size, 3)
     # Built as the search built it (its checkpoints load by layer name); exported as the book writes it.
-    model = compile_model(build_model(job.config, input_shape, len(splits.class_names), strided_projection=False),
-                          job.config)
+    return compile_model(build_model(job.config, input_shape, len(splits.class_names), strided_projection=False),
+                         job.config)
+
+
+def train_candidate(job: ExportJob, splits, emit) -> Candidate:
+    """Train the configuration from scratch with the trial's seed, for the lineage's best epoch."""
+    import keras
+
+    keras.backend.clear_session()
+    model = _fresh_model(job, splits)
     started = time.monotonic()
-    if job.retrain:
-        train_data, steps = _training_stream(splits, job.train_on, job.state.settings)
-        trained = int(splits.sizes["train"]) + (int(splits.sizes["validation"]) if job.train_on == "train+val" else 0)
-        emit(ExportPhase("train", f"training {job.epochs} epoch(s) on {job.train_on} ({trained} images, "
-                                  f"{steps} steps/epoch)"))
-        history = _fit(model, train_data, steps, job.epochs,
-                       None if job.train_on == "train+val" else splits.validation, job.seed, emit)
-    else:
-        emit(ExportPhase("load", f"loading the best epoch of trial {job.trial.trial_id}"))
-        model.optimizer.build(model.trainable_variables)  # else Keras skips the optimizer state
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.load_weights(os.fspath(job.checkpoint))
-        history = [h for h in job.trial.record.history if h.get("epoch", 0) <= job.best_epoch]
-        train_data, steps = splits.train(), splits.steps_per_epoch
-    return model, history, time.monotonic() - started, (train_data, steps)
+    train_data, steps = _training_stream(splits, job.train_on, job.state.settings)
+    trained = int(splits.sizes["train"]) + (int(splits.sizes["validation"]) if job.train_on == "train+val" else 0)
+    emit(ExportPhase("train", f"training {job.epochs} epoch(s) on {job.train_on} ({trained} images, "
+                              f"{steps} steps/epoch)"))
+    history = _fit(model, train_data, steps, job.epochs, None if job.train_on == "train+val" else splits.validation,
+                   job.seed, emit)
+    return Candidate("retrained", model, history, time.monotonic() - started, (train_data, steps))
+
+
+def checkpoint_candidate(job: ExportJob, splits, emit) -> Candidate:
+    """The search's own checkpoint of the trial (its best epoch), loaded."""
+    emit(ExportPhase("load", f"loading the best epoch of trial {job.trial.trial_id}"))
+    started = time.monotonic()
+    model = _fresh_model(job, splits)
+    model.optimizer.build(model.trainable_variables)  # else Keras skips the optimizer state
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load_weights(os.fspath(job.checkpoint))
+    best = job.trial.record.best_epoch or job.trial.epochs
+    history = [h for t in _lineage(job.state, job.trial) for h in t.record.history if h.get("epoch", 0) <= best]
+    history = sorted({h["epoch"]: h for h in history}.values(), key=lambda h: h["epoch"])
+    return Candidate("checkpoint", model, history, time.monotonic() - started,
+                     (splits.train(), splits.steps_per_epoch))
+
+
+def choose_candidate(job: ExportJob, candidates: list, splits, emit):
+    """The candidate that validates better (the objective, then validation loss) ships.
+
+    Returns:
+        ``(chosen, selection)``: ``selection`` is what the card says about the choice.
+    """
+    from xtune.search._state import rank_key
+
+    names = list(splits.class_names)
+    if len(candidates) > 1:
+        emit(ExportPhase("choose", "validating the retrained model and the search's checkpoint"))
+        for c in candidates:
+            metrics = _evaluate(inference_model(c.model, job.config, splits), splits.validation, names)[0]
+            c.validation = {"val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"]}
+    state = job.state
+
+    def key(c):
+        v = c.validation or {}
+        return rank_key(state.objective, state.maximize, v.get(state.objective), v.get("val_loss"),
+                        v.get("val_accuracy"), None, "0" if c.name == "retrained" else "1")
+
+    chosen = min(candidates, key=key)
+    selection = {"mode": job.retrain, "shipped": chosen.name,
+                 "validation": {c.name: c.validation for c in candidates if c.validation is not None},
+                 "rule": ("the better on validation (the objective, then validation loss; a tie goes to the "
+                          "retrained model)" if len(candidates) > 1 else f"--retrain {job.retrain}")}
+    if len(candidates) > 1:
+        other = next(c for c in candidates if c is not chosen)
+        emit(ExportPhase("choose", f"shipping the {chosen.name} model: {state.objective} "
+                                   f"{chosen.validation[state.objective]:.4f} against {other.validation[state.objective]:.4f} "
+                                   f"({other.name})"))
+    return chosen, selection
 
 
 def refresh_batch_norm(job: ExportJob, model, splits, train_stream, emit) -> dict | None:
     """Re-estimate batch-norm statistics of the final weights; None when the model has none."""
     import keras
 
-    from xtune.results._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
+    from xtune.spaces._batchnorm import batch_norm_layers, reestimate_batch_norm, reestimation_steps
 
     if not batch_norm_layers(model):
         return None
@@ -299,7 +403,7 @@ def inference_model(model, config: MiniXceptionConfig, splits):
     return _inference_model(model, config, (size, size, 3), len(splits.class_names))
 
 
-def model_card(job: ExportJob, inference, splits, data_info, history, seconds, bn, test) -> dict:
+def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, selection: dict, test) -> dict:
     """What the exported model is, how it was trained, how it tests (``model_card.json``)."""
     names = list(splits.class_names)
     settings, trial = job.state.settings, job.trial
@@ -331,17 +435,18 @@ def model_card(job: ExportJob, inference, splits, data_info, history, seconds, b
             "training_images": sizes["train"] + (sizes["validation"] if job.train_on == "train+val" else 0),
         },
         "training": {
-            "retrained": job.retrain,
-            "epochs": job.epochs if job.retrain else job.best_epoch,
-            "epochs_rule": _epochs_rule(job.retrain, job.epochs, job.best_epoch, job.train_on, trial),
+            "retrained": chosen.name == "retrained",
+            "selection": selection,
+            "epochs": job.epochs if chosen.name == "retrained" else job.best_epoch,
+            "epochs_rule": _epochs_rule(chosen.name == "retrained", job.epochs, job.best_epoch, job.train_on, trial),
             "batch_size": settings.batch_size,
             "seed": job.seed,
             "augmentation": {"flip": job.config.flip, "rotation": job.config.rotation, "zoom": job.config.zoom},
             "optimizer": job.config.optimizer,
             "learning_rate": job.config.learning_rate,
-            "seconds": round(seconds, 1),
-            "history": history,
-            "batch_norm_reestimation": bn,
+            "seconds": round(chosen.seconds, 1),
+            "history": chosen.history,
+            "batch_norm_reestimation": chosen.bn,
         },
         "test": test,
         "search": _search_summary(job.state, trial),
@@ -625,12 +730,13 @@ def run_tflite(interpreter, images: np.ndarray) -> np.ndarray:
 
 def _epochs_rule(retrain, epochs, best_epoch, train_on, trial) -> str:
     if not retrain:
-        return f"the best epoch ({best_epoch}) of trial {trial.trial_id}, not retrained"
+        return f"the search's checkpoint of trial {trial.trial_id}: its best epoch ({best_epoch}), not retrained"
     if trial is None:
         return "--epochs"
+    lineage = f"the epoch that validated best across trial {trial.trial_id}'s lineage ({best_epoch})"
     if train_on == "train":
-        return f"the peak epoch of trial {trial.trial_id} ({best_epoch})"
-    return f"the peak epoch of trial {trial.trial_id} ({best_epoch}) x (train+val images / train images)"
+        return lineage
+    return f"{lineage} x (train+val images / train images)"
 
 
 def _search_summary(state, trial) -> dict:

@@ -141,6 +141,49 @@ def load_backup(folder: Path) -> dict | None:
     return state
 
 
+class ValidateEachEpoch(keras.callbacks.Callback):
+    """Validation at each epoch end, judged as export ships the model.
+
+    With few steps per epoch, batch-norm moving statistics lag the weights and an
+    inference-mode validation scores the model at chance whatever it learned
+    (docs/ENGINE.md, "Batch norm on small datasets"); Hyperband would then drop the
+    architecture on a score that says nothing about it. So, before validating, a model
+    with batch norm gets its statistics re-estimated over this epoch's own training
+    batches (at most ``max_batches``), as `tune export` does before testing. The
+    weights are untouched (training uses batch statistics, not the moving ones). The
+    ``val_*`` results join the epoch's logs, for the callbacks after this one.
+
+    Args:
+        validation: The validation dataset.
+        batches: ``epoch -> iterable of training batches`` (that epoch's, 0-based).
+        steps: Training batches per epoch.
+        refresh: Re-estimate the statistics (off only to measure what it changes).
+        max_batches: The most batches the re-estimation uses.
+    """
+
+    def __init__(self, validation, batches, steps: int, refresh: bool = True, max_batches: int = 32):
+        super().__init__()
+        self.validation = validation
+        self.batches = batches
+        self.count = max(1, min(int(steps), max_batches))
+        self.refresh = refresh
+        self._layers = None
+
+    def on_train_begin(self, logs=None):
+        from xtune.spaces._batchnorm import batch_norm_layers
+
+        self._layers = batch_norm_layers(self.model) if self.refresh else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from xtune.spaces._batchnorm import reestimate_batch_norm
+
+        if self._layers:
+            reestimate_batch_norm(self.model, iter(self.batches(epoch)), steps=self.count)
+        results = self.model.evaluate(self.validation, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{k}": float(v) for k, v in results.items()})
+
+
 class ReseedEachEpoch(keras.callbacks.Callback):
     """Set every random layer's generator from (trial seed, epoch) at each epoch start.
 

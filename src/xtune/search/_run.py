@@ -279,6 +279,7 @@ def run_search(
     strategy: str | None = None,
     chief=None,
     recycle_mb: float | None = None,
+    refresh_batch_norm: bool = True,
 ) -> SearchOutcome:
     """Start or resume the search in ``project`` and run it until its plan is done.
 
@@ -306,6 +307,8 @@ def run_search(
         recycle_mb: Return with status "recycle" between trials once this process's
             RSS is this many MB above its level after its first trial (see
             ``SearchTuner``); only for a caller that resumes it in a new process.
+        refresh_batch_norm: Re-estimate batch-norm statistics before each validation
+            (off only to measure what it changes; ``ValidateEachEpoch``).
 
     Returns:
         A ``SearchOutcome``.
@@ -352,7 +355,7 @@ def run_search(
             strategy_obj = None if chief is not None else distribution_strategy(strategy)
             return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
                         emit, stop_event, recycle_mb=recycle_mb, epoch_backups=epoch_backups,
-                        tensorboard=tensorboard)
+                        tensorboard=tensorboard, refresh_batch_norm=refresh_batch_norm)
 
 
 def prepare_directory(project: Path, settings, space, run, data_info, num_classes: int) -> list[str]:

@@ -28,6 +28,7 @@ from xtune.search._callbacks import (
     SearchInterrupted,
     StopOnRequest,
     TooManyFailures,
+    ValidateEachEpoch,
     load_backup,
     restore_snapshot,
     save_weights_atomic,
@@ -88,13 +89,16 @@ class SearchTuner(keras_tuner.Tuner):
             search restarts itself instead of growing without bound. ``None``: never.
         tuner_id: KerasTuner's id of this tuner ("tuner0"; a worker's own).
         distribution_strategy: ``tf.distribute`` strategy for each trial, or None.
+        refresh_batch_norm: Re-estimate batch-norm statistics before each validation
+            (``ValidateEachEpoch``); off only to measure what it changes.
     """
 
     def __init__(self, oracle, hypermodel, project_dir: Path, splits, *, seed: int, emit=None,
                  stop_event: threading.Event | None = None, epoch_backups: bool = True,
                  tensorboard: bool = True, max_consecutive_failures: int = 10, recycle_mb: float | None = None,
-                 tuner_id: str = "tuner0", distribution_strategy=None):
+                 tuner_id: str = "tuner0", distribution_strategy=None, refresh_batch_norm: bool = True):
         self.splits = splits
+        self.refresh_batch_norm = refresh_batch_norm
         self.seed = seed
         self.emit = emit or (lambda event: None)
         self.stop_event = stop_event or threading.Event()
@@ -287,11 +291,15 @@ class SearchTuner(keras_tuner.Tuner):
 
     def _fit(self, trial, model, state: EpochState, record: TrialRecord, start: int) -> None:
         trial_id, epochs = trial.trial_id, record.epochs
-        # Order matters at epoch end: time the epoch first (what follows is
-        # overhead), refuse a NaN epoch before it is kept.
-        callbacks = [EpochEvents(self.emit, trial_id, epochs, self.worker), ReseedEachEpoch(record.seed), FailOnNaN(),
-                     state, StopOnRequest(self.stop_event),
-                     BatchEvents(self.emit, trial_id, epochs, self.splits.steps_per_epoch, self.worker)]
+        # Order matters at epoch end: validate first (its results join the logs that
+        # the others see), then time the epoch (what follows is overhead), refuse a NaN
+        # epoch before it is kept.
+        steps = self.splits.steps_per_epoch
+        validate = ValidateEachEpoch(self.splits.validation, lambda epoch: self.splits.train(start_epoch=epoch), steps,
+                                     refresh=self.refresh_batch_norm)
+        callbacks = [ReseedEachEpoch(record.seed), validate, EpochEvents(self.emit, trial_id, epochs, self.worker),
+                     FailOnNaN(), state, StopOnRequest(self.stop_event),
+                     BatchEvents(self.emit, trial_id, epochs, steps, self.worker)]
         if self.tensorboard:
             from xtune.search._board import trial_callbacks
 
@@ -299,9 +307,8 @@ class SearchTuner(keras_tuner.Tuner):
         fault = os.environ.get("XTUNE_FAULT_ABORT", "").split(":")
         if fault[0] == trial_id:
             callbacks.append(AbortAt(int(fault[1])))
-        model.fit(
-            self.splits.train(start_epoch=start), steps_per_epoch=self.splits.steps_per_epoch,
-            validation_data=self.splits.validation, epochs=epochs, initial_epoch=start,
+        model.fit(  # validation is ValidateEachEpoch's (after batch norm is brought up to date)
+            self.splits.train(start_epoch=start), steps_per_epoch=steps, epochs=epochs, initial_epoch=start,
             callbacks=callbacks, verbose=0, shuffle=False,  # the order is ours: train(start_epoch)
         )
 

@@ -1,4 +1,8 @@
-"""Re-estimating batch-norm moving statistics over the training data."""
+"""Re-estimating batch-norm moving statistics over the training data.
+
+Used where a model is judged or shipped: the search, before each epoch's validation
+(``xtune.search._callbacks.ValidateEachEpoch``), and the export, before testing.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,10 @@ import itertools
 
 
 def batch_norm_layers(model) -> list:
-    """The model's ``BatchNormalization`` layers, in order."""
+    """The model's ``BatchNormalization`` layers, in order (the family's models are flat)."""
     import keras
 
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def reestimation_steps(steps_per_epoch: int) -> int:
