@@ -30,6 +30,7 @@ _MARKERS = {"search": SEARCH_MARKER, "export": EXPORT_MARKER}
 # (export, export-*) are products: a search --overwrite keeps them.
 SEARCH_ENTRIES = (SEARCH_MARKER, ".lock", "run.json", "oracle.json", "tuner0.json", "worker-*.json", "trial_*",
                   "logs", "finished.json", "cluster", "report.html", "*.damaged-*", f"*{_atomic.TMP_MARK}*")
+PARETO_DIR = "export-pareto"  # one export per member of the accuracy-vs-size front
 EXPORT_ENTRIES = (EXPORT_MARKER, "model.keras", "saved_model", "model.tflite", "model_card.json", "README.md")
 
 
@@ -96,9 +97,10 @@ def is_inside(path: Path, other: Path) -> bool:
 def check_export_target(out: Path, project: Path, data_folders: list[Path]) -> None:
     """Refuse an export folder that would overlap the search or the data.
 
-    ``out`` may be a direct child of the project (``runs/NAME/export``, the default)
-    that is not one of the search's own entries; it may not be the project, contain
-    it, lie deeper inside it, or overlap a data folder.
+    Inside the project, ``out`` must be an ``export*`` folder (``runs/NAME/export``, the
+    default; ``export-seed``) or one of ``export-pareto/``, never among the search's
+    own files or inside another export; it may not be the project, contain it, or
+    overlap a data folder.
 
     Raises:
         UsageError: One line naming the overlap.
@@ -107,8 +109,9 @@ def check_export_target(out: Path, project: Path, data_folders: list[Path]) -> N
     if is_inside(project, out):
         raise UsageError(f"--out {out} is or contains the search directory {project}; choose a folder outside it")
     if is_inside(out, project):
-        inside = out.resolve()
-        if inside.parent != project.resolve() or _matches(inside.name, SEARCH_ENTRIES):
+        parts = out.resolve().relative_to(project.resolve()).parts
+        allowed = (len(parts) == 1 and parts[0].startswith("export")) or (len(parts) == 2 and parts[0] == PARETO_DIR)
+        if not allowed:
             raise UsageError(f"--out {out} lies inside the search's own files in {project}; "
                              f"use {project / 'export'} or a folder outside the search")
     for folder in data_folders:

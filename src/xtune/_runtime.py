@@ -169,3 +169,24 @@ def rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def training_forward(model):
+    """``images -> None``: one forward pass of ``model`` in training mode, compiled where the backend can.
+
+    Batch-norm re-estimation runs the model in training mode over many batches; eager
+    calls cost more than the training steps themselves (measured: 10 small batches
+    1.7 s eager, 1.0 s of training). On TensorFlow this traces once per model and
+    reuses the graph; other backends call the model eagerly.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(reduce_retracing=True)
+        def forward(images):
+            model(images, training=True)
+
+        return forward
+    return lambda images: model(images, training=True)

@@ -77,10 +77,21 @@ def test_tensorboard_events_parse_with_hparams(finished):
                         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                         hparams = {k: v for k, v in data.session_start_info.hparams.items()}
         # Every column has a value in every trial (an inactive one, bn_momentum without batch norm, a placeholder).
-        names = {spec["name"] for spec in load_project(project).run["space"]["specs"]}
-        assert set(hparams) == names | {"bracket", "round"} and set(t.values) <= names
+        from xtune.search._board import INACTIVE, columns, label
+        from xtune.spaces import SearchSpace
+
+        state = load_project(project)
+        shown = {name: display for name, display, _, _ in columns(SearchSpace.from_dict(state.run["space"]), state.plan)}
+        assert set(hparams) == set(shown) and set(t.values) <= set(shown.values()) | {"bracket", "round"}
         assert not any(k.startswith("tuner/") for k in hparams)
-        assert hparams["round"].number_value == t.round
+        by_display = {display: hparams[name] for name, display in shown.items()}
+        assert by_display["round"].string_value == str(t.round)
+        for hp, value in by_display.items():  # every column has a value; an inactive one says so
+            if hp in t.values:
+                expected = label(t.values[hp])
+                assert (value.bool_value if isinstance(expected, bool) else value.string_value) == expected, hp
+            elif hp not in ("bracket", "round"):
+                assert value.string_value == INACTIVE, hp
 
 
 def test_a_finished_search_says_so(finished):

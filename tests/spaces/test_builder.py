@@ -9,6 +9,7 @@ from xtune.spaces import (
     MiniXceptionConfig,
     build_model,
     compile_model,
+    count_flops,
     count_params,
 )
 
@@ -140,6 +141,40 @@ def test_every_preset_builds_and_counts(preset):
     for shape, classes in [((32, 32, 3), 2), ((48, 40, 3), 7)]:
         model = build_model(PRESETS[preset], shape, classes)
         assert model.count_params() == count_params(PRESETS[preset], shape, classes)
+
+
+def keras_flops(model) -> int:
+    """FLOPs read off the Keras model's own layers (2 per multiply-add of convolutions and dense layers)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense)):
+            continue
+        inp, out = layer.input.shape, layer.output.shape
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2 * (k * inp[-1] + inp[-1] * out[-1]) * out[1] * out[2]
+        elif isinstance(layer, keras.layers.Conv2D):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2 * k * inp[-1] * out[-1] * out[1] * out[2]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * inp[-1] * out[-1]
+    return total
+
+
+def test_the_closed_form_flops_match_the_keras_layers():
+    rng = np.random.default_rng(0)
+    configs = list(PRESETS.values())
+    for _ in range(12):  # a sample of the family, every size-relevant value in play
+        values = {spec.name: spec.all_values()[rng.integers(len(spec.all_values()))] for spec in FAMILY}
+        configs.append(MiniXceptionConfig.from_values(values))
+    for config in configs:
+        for shape, classes in [((32, 32, 3), 2), ((33, 47, 3), 5)]:
+            for strided in (True, False):  # the trained form computes the same function
+                model = build_model(config, shape, classes, strided_projection=strided)
+                assert count_flops(config, shape, classes) == keras_flops(model), (config.shorthand(), shape)
+    assert count_flops(PRESETS["seed"], (180, 180, 3), 2) == 766_057_984  # the book's model: 0.77 GFLOP
 
 
 def test_trained_projection_computes_the_books_function():

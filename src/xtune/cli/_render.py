@@ -351,16 +351,23 @@ def echo_outcome(outcome, view: SearchView | None = None) -> None:
         echo(line)
 
 
-def echo_plan(plan) -> None:
+def echo_plan(plan, stored=None) -> None:
+    """The plan, bracket by bracket; with ``stored`` (a search's plan so far), what an extension adds."""
     click.echo(f"Hyperband plan for --max-trials {plan.max_trials} --max-epochs {plan.max_epochs} --factor {plan.factor}:")
     click.echo(f"{plan.num_brackets} bracket(s) per iteration, {plan.iterations} iteration(s) "
                f"({len(plan.brackets)} bracket(s) in all)")
+    kept = len(stored.brackets) if stored is not None else len(plan.brackets)
     rows = []
-    for b in plan.brackets:
+    for i, b in enumerate(plan.brackets):
         rounds = "  ".join(f"{r.trials}x{r.epochs}ep" for r in b.rounds)
         rows.append({"iteration": b.iteration + 1, "bracket": b.number, "rounds (trials x epochs)": rounds,
-                     "trials": b.trials, "epochs trained": b.epochs})
-    echo_table(rows, wrap="rounds (trials x epochs)")
+                     "trials": b.trials, "epochs trained": b.epochs, **({"": "new"} if i >= kept else {})})
+    echo_table(rows, ["iteration", "bracket", "rounds (trials x epochs)", "trials", "epochs trained"]
+               + ([""] if kept < len(plan.brackets) else []), wrap="rounds (trials x epochs)")
+    if stored is not None and kept < len(plan.brackets):
+        click.echo()
+        say(f"This extends the search's plan of {stored.total_trials} trials:", f"{len(plan.brackets) - kept} new "
+            f"bracket(s), {plan.total_trials - stored.total_trials} more trials; the trials done are kept.")
     click.echo()
     click.echo(f"total trials:           {plan.total_trials} (of at most {plan.max_trials})")
     click.echo(f"distinct architectures: {plan.architectures}")

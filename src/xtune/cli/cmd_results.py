@@ -13,14 +13,26 @@ from xtune.cli._render import ExportView, duration, echo_json, echo_table, quote
 
 RESULTS_FORMATS = click.Choice(["table", "csv", "json"])
 _ROW_FIELDS = ("rank", "trial_id", "status", "bracket", "round", "initial_epoch", "epochs", "best_epoch",
-               "objective", "score", "params", "seconds", "reason")
+               "objective", "score", "tie_breaker", "params", "flops", "seconds", "parent", "reason")
+
+
+def _si(value) -> str | None:
+    """1.2M, 340k: a big count in a narrow column."""
+    if value is None:
+        return None
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
 
 
 @tune.command()
 @PROJECT
 @click.option("--top", type=click.IntRange(1), help="Only the K best completed trials.")
+@click.option("--pareto", is_flag=True, help="Only the accuracy-vs-size front: the trials no other beats on both "
+                                             "the objective and the size (parameters, FLOPs), smallest first.")
 @click.option("--format", "fmt", type=RESULTS_FORMATS, default="table", show_default=True)
-def results(project, top, fmt):
+def results(project, top, pareto, fmt):
     """Trials ranked by the objective, and the best architecture as a config.
 
     One row per trial: rank, id, status, Hyperband bracket and round, epochs
@@ -35,7 +47,7 @@ def results(project, top, fmt):
     """
     from xtune.results import search_results
 
-    found = search_results(project_required(project), top=top)
+    found = search_results(project_required(project), top=top, pareto=pareto)
     if fmt == "json":
         echo_json(found.to_dict())
         return
@@ -44,6 +56,13 @@ def results(project, top, fmt):
         return
     say(f"{found.project}: {found.state},", f"{len(found.rows)} trial(s) shown,", f"ranked by {found.objective}",
         f"(ties: {found.tie_breaker}, then fewer params)")
+    if pareto:
+        say("The accuracy-vs-size front: no other trial is at least as good on", f"{found.objective},",
+            "parameters and FLOPs, and better on one. Export it: tune export --pareto")
+    if found.warm_start:
+        w = found.warm_start
+        say(f"Warm start: the first {len(w['configs'])} configurations are the best of {w['project']}",
+            f"({w['data']} at {w['image_size']}x{w['image_size']}).")
     for problem in found.problems:
         say(f"damaged: {problem}", err=True)
     if not found.rows:
@@ -58,6 +77,7 @@ def results(project, top, fmt):
             found.tie_breaker: f"{r['tie_breaker']:.4f}" if r["tie_breaker"] is not None else None,
             "best ep": r["best_epoch"],
             "params": f"{r['params']:,}" if r["params"] is not None else None,
+            **({"FLOPs": _si(r["flops"])} if pareto else {}),
             "architecture": shorthand(r["values"]) if r["values"] else None,
             "time": duration(r["seconds"]) if r["seconds"] is not None else None,
             "note": r["reason"],
@@ -66,7 +86,7 @@ def results(project, top, fmt):
         for r in table:
             del r["note"]
     echo_table(table, wrap="architecture", detail=("best ep", "architecture", "note"))
-    if found.best:
+    if found.best and not pareto:
         _echo_best(found.best, found.project)
 
 
@@ -121,13 +141,18 @@ def _echo_best(best: dict, project) -> None:
               help="Train this preset of the family instead of the searched best, with the same data and "
                    "settings: seed (the book's model), small or plain.")
 @click.option("--trial", "trial_id", metavar="ID", help="Export this completed trial instead of the best one.")
+@click.option("--pareto", is_flag=True, help="Export each member of the accuracy-vs-size front (tune results "
+                                             "--pareto) into runs/NAME/export-pareto/trial_NNNN, with its latency.")
+@click.option("--latency", is_flag=True, help="Also time the exported TFLite model on this machine (one thread, "
+                                              "median of 50 runs; in the card).")
 @click.option("--overwrite", is_flag=True, help="Replace the export folder if it exists.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where prepared data is cached (as for tune search).")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
               help="json prints the model card (progress goes to stderr).")
 @click.option("--quiet", is_flag=True, help="No progress, only the result.")
-def export(project, out, epochs, train_on, retrain, no_retrain, preset, trial_id, overwrite, data_dir, fmt, quiet):
+def export(project, out, epochs, train_on, retrain, no_retrain, preset, trial_id, pareto, latency, overwrite, data_dir,
+           fmt, quiet):
     """Retrain the best architecture, test it, and export it (Keras, SavedModel, TFLite).
 
     Rebuilds the best trial's configuration from its stored hyperparameters and
@@ -153,13 +178,32 @@ def export(project, out, epochs, train_on, retrain, no_retrain, preset, trial_id
     printer = ExportView(verbose=not quiet, err=fmt == "json")
     if no_retrain:
         retrain = "never"
+    if pareto:
+        if out or epochs or preset or trial_id or train_on != "train":
+            raise click.UsageError("--pareto exports each front member as the search trained it: drop --out, "
+                                   "--epochs, --preset, --trial and --train-on")
+        _export_front(project_required(project), data_dir, overwrite, retrain, printer)
+        return
     report = export_model(project_required(project), out=out, epochs=epochs, train_on=train_on, retrain=retrain,
                           preset=preset, trial_id=trial_id, overwrite=overwrite, data_dir=data_dir,
-                          progress=printer)
+                          progress=printer, latency=latency)
     if fmt == "json":
         echo_json(report.card)
         return
     _echo_export(report.card, report.out)
+
+
+def _export_front(project, data_dir, overwrite, retrain, printer) -> None:
+    from xtune.results import export_pareto
+
+    reports = export_pareto(project, data_dir=data_dir, overwrite=overwrite, progress=printer, retrain=retrain)
+    click.echo(f"The accuracy-vs-size front, {len(reports)} model(s), side by side on the same test split:")
+    rows = [{"trial": r.card["model"]["trial_id"], "test accuracy": r.test["accuracy"],
+             "params": f"{r.card['model']['params']:,}",
+             "latency": f"{r.card['latency']['median_ms']:.2f} ms" if r.card.get("latency") else None,
+             "folder": str(r.out)} for r in reports]
+    echo_table(rows, wrap="folder")
+    say("Latency: model.tflite, one image, one thread of this machine, median of 50 runs.")
 
 
 def _echo_export(card: dict, out) -> None:
@@ -235,3 +279,24 @@ def predict(model_dir, images, fmt):
         raise click.ClickException(f"cannot read {len(bad)} of {len(records)} image(s): {detail}")
 
 
+
+
+@tune.command()
+@PROJECT
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file.  [default: runs/NAME/report.html]")
+def report(project, out):
+    """Write one HTML page that draws the search (it opens without network access).
+
+    The optimization history, accuracy against parameters with the Pareto front, the
+    Hyperband brackets and who was promoted, learning curves of the best trials,
+    each hyperparameter's effect on the score, and the exports' test results side by
+    side. Works while a search runs.
+
+    \b
+    tune report --project runs/demo
+    """
+    from xtune.results import write_report
+
+    path = write_report(project_required(project), out)
+    say(f"Wrote {path}", f"({path.stat().st_size / 1e6:.1f} MB).", f"Open it in a browser: file://{quote(path.resolve())}")

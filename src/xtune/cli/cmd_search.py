@@ -13,7 +13,7 @@ from xtune.cli.cmd_space import SPACE_HELP
 
 SETTINGS = ("data", "image_size", "batch_size", "max_trials", "max_epochs", "factor", "objective", "seed",
             "max_consecutive_failures", "validation_fraction", "test_fraction", "split_seed", "kaggle_split",
-            "max_image_mb")
+            "max_image_mb", "max_params", "max_flops")
 MIXED_PRECISION = click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
                                show_default=True, help="auto: on for GPUs that support it; CPU training stays float32.")
 STRATEGY = click.option("--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
@@ -60,6 +60,15 @@ def _child_output(view: SearchView):
                    "brackets (each ending at --max-epochs) with at most this many trials.")
 @click.option("--max-epochs", type=click.IntRange(1), default=100, show_default=True,
               help="Epochs of one full training (the last round of every bracket).")
+@click.option("--max-params", type=click.IntRange(1), help="Size budget: every configuration tried has at most this "
+                                                           "many parameters (one over it is drawn again, never trained).")
+@click.option("--max-flops", type=click.IntRange(1), help="Size budget: at most this many FLOPs per image at "
+                                                          "--image-size (2 per multiply-add of convolutions and classifier).")
+@click.option("--warm-start", type=click.Path(file_okay=False, path_type=Path),
+              help="A new search's first trials are the best configurations of this other search (its data and "
+                   "image size may differ).")
+@click.option("--warm-start-top", type=click.IntRange(1), default=5, show_default=True,
+              help="With --warm-start: how many of its best configurations.")
 @click.option("--factor", type=click.IntRange(2), default=3, show_default=True, help="Hyperband's reduction factor.")
 @click.option("--space", "space_ref", default=None, help=SPACE_HELP + "  [default: default]")
 @click.option("--image-size", type=click.IntRange(16, 2048), default=180, show_default=True)
@@ -90,7 +99,7 @@ def _child_output(view: SearchView):
 @click.option("--verbose", "verbosity", flag_value=2, help="Also one line per epoch.")
 @click.pass_context
 def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, overwrite, plan_only, workers, gpus,
-           strategy, serve_chief, host, port, verbosity, **_):
+           strategy, serve_chief, host, port, verbosity, warm_start, warm_start_top, **_):
     """Run a Hyperband search over the mini-Xception family; resume it if it exists.
 
     A new search needs --data. Running the same command (or just --project) again
@@ -129,7 +138,8 @@ def search(ctx, data, project, space_ref, mixed_precision, data_dir, archive, ov
     if project is None:
         raise click.UsageError("give --data to start a search, or --project to resume one")
     request = SearchRequest(str(project), settings, space_ref, data_dir and str(data_dir), archive and str(archive),
-                            overwrite, mixed_precision, strategy, workers, gpus, serve_chief, host, port)
+                            overwrite, mixed_precision, strategy, workers, gpus, serve_chief, host, port,
+                            warm_start and str(warm_start), warm_start_top)
     request.check()
     from xtune.search import start_search
 
@@ -147,13 +157,15 @@ def _print_plan(project, data, settings: dict, space_ref, overwrite: bool) -> No
     from xtune.search._run import check_plan_fits_space
     from xtune.spaces import load_space
 
+    stored = None
     if project is not None and (project / "run.json").exists() and not overwrite:
-        plan_settings, space_obj, _ = resolve_settings(project, settings, space_ref=space_ref)
+        plan_settings, space_obj, run = resolve_settings(project, settings, space_ref=space_ref)
+        stored = SearchSettings.from_dict(run["settings"]).plan()
     else:
         plan_settings = SearchSettings(**{"data": data or "-", **settings})
         space_obj = load_space(space_ref)
     plan = plan_settings.plan()
-    echo_plan(plan)
+    echo_plan(plan, stored)
     check_plan_fits_space(plan, space_obj)
 
 
@@ -181,7 +193,7 @@ def status(project, fmt):
     if info.get("eta") is not None:
         from xtune.cli._render import duration
 
-        click.echo(f"time left: ~{duration(info['eta'])} (from this search's pace so far)")
+        click.echo(f"time left: ~{duration(info['eta'])} (from the pace of its trials so far)")
     for t in info["interrupted"]:
         for line in fit_fields([f"interrupted: trial {t['trial_id']} at epoch {t['epochs_saved']} of {t['epochs']}",
                                 f"(resumes there; started at {t['initial_epoch']})"]):

@@ -24,7 +24,9 @@ def space():
               help="Square input size used for the parameter counts.")
 @click.option("--num-classes", type=click.IntRange(2), default=2, show_default=True,
               help="Number of classes used for the parameter counts.")
-def space_show(space_ref, fmt, image_size, num_classes):
+@click.option("--max-params", type=click.IntRange(1), help="Show how much of the space fits this many parameters.")
+@click.option("--max-flops", type=click.IntRange(1), help="Show how much of the space fits this many FLOPs per image.")
+def space_show(space_ref, fmt, image_size, num_classes, max_params, max_flops):
     """Each hyperparameter with its values and seed default, and the space's size.
 
     The seed default of every hyperparameter is the book's model (Chollet, Deep
@@ -33,7 +35,17 @@ def space_show(space_ref, fmt, image_size, num_classes):
     """
     from xtune.spaces import describe_space, load_space
 
-    summary = describe_space(load_space(space_ref), image_size=image_size, num_classes=num_classes)
+    loaded = load_space(space_ref)
+    summary = describe_space(loaded, image_size=image_size, num_classes=num_classes)
+    budget = None
+    if max_params or max_flops:
+        from xtune.spaces._budget import Budget, budget_share
+
+        budget = Budget(max_params, max_flops)
+        share = budget_share(loaded, budget, (image_size, image_size, 3), num_classes)
+        summary["budget"] = {"max_params": max_params, "max_flops": max_flops,
+                             "architectures": share.architectures_fitting, "configurations": share.configurations_fitting,
+                             "share": round(share.share, 4)}
     if fmt == "json":
         echo_json(summary)
         return
@@ -45,6 +57,12 @@ def space_show(space_ref, fmt, image_size, num_classes):
     p = summary["parameters"]
     click.echo(f"parameters at {image_size}x{image_size}, {num_classes} classes: "
                f"seed {p['seed']:,}, smallest {p['smallest']:,}, largest {p['largest']:,}")
+    f = summary["flops"]
+    click.echo(f"FLOPs per image: seed {f['seed']:,}, smallest {f['smallest']:,}, largest {f['largest']:,}")
+    if budget is not None:
+        b = summary["budget"]
+        click.echo(f"within {budget.describe()}: {b['architectures']:,} architectures, {b['configurations']:,} "
+                   f"configurations ({b['share']:.1%} of the space)")
 
 
 @space.command("check")

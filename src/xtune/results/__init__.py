@@ -9,6 +9,7 @@ from xtune.results._rows import (
     best_config,
     best_trial,
     completed_trials,
+    pareto_front,
     search_results,
     trial_config,
     trial_rows,
@@ -23,6 +24,8 @@ __all__ = [
     "best_trial",
     "classification_metrics",
     "completed_trials",
+    "export_pareto",
+    "pareto_front",
     "default_epochs",
     "default_export_dir",
     "export_model",
@@ -33,6 +36,7 @@ __all__ = [
     "trial_config",
     "trial_rows",
     "verify_formats",
+    "write_report",
 ]
 
 _LAZY = {
@@ -42,7 +46,9 @@ _LAZY = {
     "default_epochs": "_export",
     "default_export_dir": "_export",
     "export_model": "_export",
+    "export_pareto": "_export",
     "verify_formats": "_export",
+    "write_report": "_report",
     "classification_metrics": "_metrics",
     "predict_images": "_predict",
     "read_card": "_predict",

@@ -30,7 +30,7 @@ import numpy as np
 
 from xtune import _atomic
 from xtune._events import ExportEnded, ExportPhase, ExportStarted
-from xtune._owned import EXPORT_ENTRIES, check_export_target, describe, entries, foreign, has_marker, write_marker
+from xtune._owned import EXPORT_ENTRIES, PARETO_DIR, check_export_target, describe, entries, foreign, has_marker, write_marker
 from xtune.errors import DataError, ProjectError, UsageError
 from xtune.results._card import render_card_markdown
 from xtune.results._metrics import classification_metrics
@@ -122,6 +122,7 @@ def export_model(
     data_dir: Path | None = None,
     progress=None,
     splits=None,
+    latency: bool = False,
 ) -> ExportReport:
     """Retrain the best configuration of a search (or a preset), test it and export it.
 
@@ -156,6 +157,8 @@ def export_model(
             ``EpochEnded``, ``ExportEnded``).
         splits: Pre-built data splits (as ``run_search`` accepts); by default the
             search's data is prepared and split again, and must be unchanged.
+        latency: Measure the exported TFLite model's latency on this machine (one
+            thread, one image, median of repeated runs; ``tflite_latency``).
 
     Returns:
         An ``ExportReport``.
@@ -191,7 +194,7 @@ def export_model(
     if chosen.bn is not None:
         chosen.bn["test_after"] = {k: test[k] for k in ("accuracy", "loss")}
     card = model_card(job, inference, splits, data_info, chosen, selection, test)
-    write_export(job, inference, card, check_images, emit)
+    write_export(job, inference, card, check_images, emit, latency=latency)
     emit(ExportEnded(str(job.out), test, card["comparison"]))
     return ExportReport(job.out, card)
 
@@ -456,7 +459,7 @@ def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, 
     }
 
 
-def write_export(job: ExportJob, inference, card: dict, check_images, emit) -> None:
+def write_export(job: ExportJob, inference, card: dict, check_images, emit, latency: bool = False) -> None:
     """Write every format into a hidden sibling, reload and compare, then install it as ``job.out``."""
     reference = np.asarray(inference(check_images, training=False))
     _atomic.remove_leftovers(job.out.parent, job.out.name)  # of an export that was killed
@@ -466,6 +469,9 @@ def write_export(job: ExportJob, inference, card: dict, check_images, emit) -> N
         emit(ExportPhase("verify", f"reloading every format and comparing predictions on {len(check_images)} test "
                                    f"images (tolerance {TOLERANCE:g})"))
         card["formats"] = verify_formats(tmp, check_images, reference)
+        if latency:
+            emit(ExportPhase("latency", "timing model.tflite on this machine (1 thread)"))
+            card["latency"] = tflite_latency(tmp / "model.tflite", check_images[:1])
         card["comparison"] = _comparison(job.state.path, job.preset, card)
         _atomic.write_json(tmp / CARD_FILE, card)
         _atomic.write_text(tmp / "README.md", render_card_markdown(card))
@@ -706,13 +712,64 @@ def _predict_tflite(folder: Path, images):
     return run_tflite(interpreter, images)
 
 
-def tflite_interpreter(path: Path):
+def tflite_latency(path: Path, image: np.ndarray, repeats: int = 50, warmup: int = 5) -> dict:
+    """Median seconds of one TFLite inference of one image on one CPU thread, over ``repeats`` runs."""
+    import platform
+    import statistics
+
+    interpreter = tflite_interpreter(path, threads=1)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(image.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], np.asarray(image, dtype=inp["dtype"]))
+    times = []
+    for k in range(warmup + repeats):
+        start = time.perf_counter()
+        interpreter.invoke()
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"median_ms": round(statistics.median(times) * 1000, 3), "threads": 1, "repeats": repeats,
+            "batch": int(image.shape[0]), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "what": "TFLite interpreter, one thread, one image, median of repeated runs after warm-up"}
+
+
+def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: bool = False, progress=None,
+                  latency: bool = True, retrain="auto") -> list[ExportReport]:
+    """Export every member of the accuracy-vs-size front into its own folder, side by side.
+
+    Each goes to ``runs/NAME/export-pareto/trial_NNNN/`` (an ordinary export, with its
+    card); ``export-pareto/front.json`` holds the side-by-side table.
+
+    Returns:
+        One ``ExportReport`` per member, smallest first.
+    """
+    from xtune.results._rows import pareto_front, trial_flops, trial_params
+
+    state = load_project(project)
+    front = sorted(pareto_front(state), key=lambda t: (trial_params(state, t) or 0, t.trial_id))
+    if not front:
+        best_trial(state)  # the ProjectError that says no trial has completed
+    folder = Path(project) / PARETO_DIR
+    reports = []
+    for trial in front:
+        reports.append(export_model(project, out=folder / f"trial_{trial.trial_id}", trial_id=trial.trial_id,
+                                    overwrite=overwrite, data_dir=data_dir, progress=progress, latency=latency,
+                                    retrain=retrain))
+    table = [{"trial_id": r.card["model"]["trial_id"], "score": state.trial(r.card["model"]["trial_id"]).score,
+              "test_accuracy": r.test["accuracy"], "params": r.card["model"]["params"],
+              "flops": trial_flops(state, state.trial(r.card["model"]["trial_id"])),
+              "latency_ms": (r.card.get("latency") or {}).get("median_ms"), "folder": str(r.out)} for r in reports]
+    _atomic.write_json(folder / "front.json", {"objective": state.objective, "front": table})
+    return reports
+
+
+def tflite_interpreter(path: Path, threads: int | None = None):
     """A TFLite interpreter for ``path`` (TensorFlow's; its deprecation notice silenced)."""
     import tensorflow as tf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_path=os.fspath(path))
+        return tf.lite.Interpreter(model_path=os.fspath(path), num_threads=threads)
 
 
 def run_tflite(interpreter, images: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from xtune.errors import ProjectError
 from xtune.search._state import ProjectState, TrialState, load_project
-from xtune.spaces import MiniXceptionConfig, SearchSpace, count_params
+from xtune.spaces import MiniXceptionConfig, SearchSpace, count_flops, count_params
 
 # The order of a trial's statuses in `tune results` after the ranked (completed) ones.
 _UNRANKED_ORDER = {"RUNNING": 0, "INTERRUPTED": 1, "FAILED": 2}
@@ -31,6 +31,8 @@ class SearchResults:
         best: The best trial's configuration (see ``best_config``), or None when no
             trial has completed.
         problems: Damaged files found while reading, one line each.
+        warm_start: Where a warm-started search's first configurations came from
+            (run.json's record), or None.
     """
 
     project: Path
@@ -40,24 +42,27 @@ class SearchResults:
     rows: list
     best: dict | None
     problems: list
+    warm_start: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"project": str(self.project), "state": self.state, "objective": self.objective,
-                "tie_breaker": self.tie_breaker, "trials": self.rows, "best": self.best, "problems": self.problems}
+                "tie_breaker": self.tie_breaker, "trials": self.rows, "best": self.best, "problems": self.problems,
+                "warm_start": self.warm_start}
 
 
 def tie_breaker(objective: str) -> str:
     return "val_accuracy" if objective.endswith("loss") else "val_loss"
 
 
-def search_results(project: Path, *, top: int | None = None) -> SearchResults:
+def search_results(project: Path, *, top: int | None = None, pareto: bool = False) -> SearchResults:
     """Read a search directory (running, interrupted or finished) without changing it.
 
     Args:
         project: The search directory (``runs/NAME``).
         top: Keep only the ``top`` best completed trials (None keeps every trial,
             running and failed ones included).
+        pareto: Keep only the accuracy-vs-size front (``pareto_front``), smallest first.
 
     Returns:
         A ``SearchResults``.
@@ -67,11 +72,14 @@ def search_results(project: Path, *, top: int | None = None) -> SearchResults:
     """
     state = load_project(project)
     rows = trial_rows(state)
+    if pareto:
+        front = {t.trial_id for t in pareto_front(state)}
+        rows = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: (r["params"], r["flops"]))
     if top is not None:
         rows = [r for r in rows if r["rank"] is not None][:top]
     best = best_config(state) if state.best is not None else None
     return SearchResults(Path(project), state.label, state.objective, tie_breaker(state.objective), rows, best,
-                         list(state.problems))
+                         list(state.problems), state.run.get("warm_start"))
 
 
 def completed_trials(state: ProjectState) -> list[TrialState]:
@@ -125,6 +133,34 @@ def trial_params(state: ProjectState, trial: TrialState) -> int | None:
         return None
 
 
+def trial_flops(state: ProjectState, trial: TrialState) -> int | None:
+    """FLOPs per image of a trial's model at the search's image size (``count_flops``)."""
+    if trial.record.flops is not None:
+        return trial.record.flops
+    size = state.settings.image_size
+    try:
+        return count_flops(trial_config(state, trial), (size, size, 3), max(len(class_names(state)), 2))
+    except (ValueError, TypeError):
+        return None
+
+
+def pareto_front(state: ProjectState) -> list[TrialState]:
+    """The completed trials that no other completed trial beats on both the objective and size.
+
+    A trial is dominated when another is at least as good on the objective, on
+    parameters and on FLOPs, and strictly better on one of them.
+    """
+    ranked = state.ranked()
+    sign = -1.0 if state.maximize else 1.0
+    costs = {t.trial_id: (sign * t.score, trial_params(state, t) or 0, trial_flops(state, t) or 0) for t in ranked}
+
+    def dominates(a, b):
+        x, y = costs[a.trial_id], costs[b.trial_id]
+        return all(p <= q for p, q in zip(x, y)) and any(p < q for p, q in zip(x, y))
+
+    return [t for t in ranked if not any(dominates(o, t) for o in ranked if o is not t)]
+
+
 def trial_rows(state: ProjectState) -> list[dict]:
     """One record per trial: ranked completed trials first, then running, interrupted, failed.
 
@@ -137,7 +173,7 @@ def trial_rows(state: ProjectState) -> list[dict]:
         ``round``, ``initial_epoch`` and ``epochs`` (absolute: a promoted trial
         continues its parent's training from ``initial_epoch``), ``best_epoch``,
         ``score`` (the objective at the best epoch), ``objective``,
-        ``tie_breaker`` (the tie-breaking metric at the best epoch), ``params``,
+        ``tie_breaker`` (the tie-breaking metric at the best epoch), ``params``, ``flops``,
         ``seconds``, ``parent``, ``reason`` (failed trials) and ``values`` (the
         architecture's hyperparameters).
     """
@@ -166,6 +202,7 @@ def trial_rows(state: ProjectState) -> list[dict]:
             "score": t.score if completed else None,
             "tie_breaker": t.best_metrics.get(second) if completed else None,
             "params": trial_params(state, t),
+            "flops": trial_flops(state, t),
             "seconds": record.total_seconds,
             "parent": t.parent,
             "reason": reason,

@@ -9,7 +9,8 @@ Layout of ``runs/NAME/logs/``::
 
 Every trial has a value in every column (a hyperparameter that is inactive for it,
 ``bn_momentum`` without batch norm, logs ``INACTIVE``), so the parallel-coordinates view
-keeps every trial. The result metrics are logged once per trial at its run's root:
+keeps every trial. Columns are ordered by a prefix of their name (see ``columns``):
+TensorBoard sorts them by name and shows the first five. The result metrics are logged once per trial at its run's root:
 the objective at the trial's best epoch under its own name (``val_accuracy`` or
 ``val_loss``, the score `tune results` ranks by), then ``params``, ``seconds``,
 ``best_epoch`` and ``parent`` (the trial a promotion continues; -1 for none).
@@ -23,7 +24,7 @@ from pathlib import Path
 from xtune.errors import XtuneError
 
 #: The value a hyperparameter logs for a trial where it is inactive.
-INACTIVE = -1.0
+INACTIVE = "off"
 _GROUP_ORDER = ("architecture", "augmentation", "training")
 RESULT_METRICS = ("params", "seconds", "best_epoch", "parent")
 
@@ -33,47 +34,58 @@ def run_name(trial_id: str, bracket, round_num) -> str:
     return f"trial_{trial_id}-b{bracket if bracket is not None else '-'}r{round_num if round_num is not None else '-'}"
 
 
-def _domain(spec, hparams_api):
-    values = list(spec.all_values())
-    if all(isinstance(v, bool) for v in values):
-        return hparams_api.Discrete(values)
-    if all(isinstance(v, str) for v in values):
-        return hparams_api.Discrete(values)
-    numbers = [float(v) for v in values]
-    if spec.condition:
-        numbers = [INACTIVE] + numbers
-    return hparams_api.Discrete(numbers)
+def label(value) -> str | bool:
+    """How a value shows in the dashboard: 16, not 16.000; booleans stay booleans."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
-def hparams(space, hparams_api) -> list:
-    """The HParams of a space, architecture first, plus bracket and round."""
+def columns(space, plan) -> list[tuple[str, str, list, str]]:
+    """``(name, display name, domain, description)`` of every column, in the order the dashboard shows.
+
+    TensorBoard sorts hyperparameters by name and shows the first five by default,
+    so each name starts with its place (``00_num_stages``); the display name is the
+    hyperparameter's own. Architecture first, then augmentation, training, and the
+    trial's bracket and round. Values are labels (``label``), so integers read as
+    integers; a conditional hyperparameter's domain includes ``INACTIVE``.
+    """
     specs = sorted(space.specs, key=lambda s: _GROUP_ORDER.index(s.group))
     out = []
-    for spec in specs:
-        description = f"{spec.group}; {INACTIVE:g} where inactive ({spec.condition[0]} off)" if spec.condition else spec.group
-        out.append(hparams_api.HParam(spec.name, _domain(spec, hparams_api), description=description))
-    out.append(hparams_api.HParam("bracket", hparams_api.IntInterval(0, 64), description="Hyperband bracket"))
-    out.append(hparams_api.HParam("round", hparams_api.IntInterval(0, 64), description="Hyperband round"))
+    for k, spec in enumerate(specs):
+        domain = [label(v) for v in spec.all_values()]
+        if spec.condition:
+            domain.append(INACTIVE)
+        description = spec.group + (f"; {INACTIVE} where {spec.condition[0]} is off" if spec.condition else "")
+        out.append((f"{k:02d}_{spec.name}", spec.name, domain, description))
+    count = max(plan.num_brackets, 1)
+    out.append((f"{len(specs):02d}_bracket", "bracket", [str(b) for b in range(count)], "Hyperband bracket"))
+    out.append((f"{len(specs) + 1:02d}_round", "round", [str(r) for r in range(count)], "Hyperband round"))
     return out
 
 
-def trial_hparam_values(space, values: dict, bracket, round_num) -> dict:
-    """name -> value of every column for one trial (numbers as floats; inactive: ``INACTIVE``)."""
+def hparams(space, plan, hparams_api) -> list:
+    """The HParams of a search (see ``columns``)."""
+    return [hparams_api.HParam(name, hparams_api.Discrete(domain), display_name=display, description=description)
+            for name, display, domain, description in columns(space, plan)]
+
+
+def trial_hparam_values(space, plan, values: dict, bracket, round_num) -> dict:
+    """column name -> value of every column for one trial (inactive ones: ``INACTIVE``)."""
     row = {}
-    for spec in space.specs:
-        value = values.get(spec.name)
-        if value is None:
-            row[spec.name] = INACTIVE
-        elif isinstance(value, (bool, str)):
-            row[spec.name] = value
+    for name, display, _, _ in columns(space, plan):
+        if display == "bracket":
+            row[name] = str(int(bracket or 0))
+        elif display == "round":
+            row[name] = str(int(round_num or 0))
         else:
-            row[spec.name] = float(value)
-    row["bracket"] = int(bracket or 0)
-    row["round"] = int(round_num or 0)
+            row[name] = label(values[display]) if display in values else INACTIVE
     return row
 
 
-def write_experiment(logs_dir: Path, space, objective: str) -> None:
+def write_experiment(logs_dir: Path, space, plan, objective: str) -> None:
     """The HParams experiment (domains, metrics: the objective first) at the logs' root."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hparams_api
@@ -85,17 +97,17 @@ def write_experiment(logs_dir: Path, space, objective: str) -> None:
                 for g in ("validation", "train") for m in ("accuracy", "loss")]
     Path(logs_dir).mkdir(parents=True, exist_ok=True)
     with tf.summary.create_file_writer(str(logs_dir)).as_default():
-        hparams_api.hparams_config(hparams=hparams(space, hparams_api), metrics=metrics)
+        hparams_api.hparams_config(hparams=hparams(space, plan, hparams_api), metrics=metrics)
 
 
-def trial_callbacks(logs_dir: Path, trial, space) -> list:
+def trial_callbacks(logs_dir: Path, trial, space, plan) -> list:
     """Keras' TensorBoard callback and the trial's HParams, for ``model.fit``."""
     import keras
     from tensorboard.plugins.hparams import api as hparams_api
 
     values = trial.hyperparameters.values
     logdir = str(Path(logs_dir) / run_name(trial.trial_id, values.get("tuner/bracket"), values.get("tuner/round")))
-    row = trial_hparam_values(space, values, values.get("tuner/bracket"), values.get("tuner/round"))
+    row = trial_hparam_values(space, plan, values, values.get("tuner/bracket"), values.get("tuner/round"))
     return [
         keras.callbacks.TensorBoard(log_dir=logdir, write_graph=False, profile_batch=0),
         hparams_api.KerasCallback(writer=logdir, hparams=row, trial_id=run_name(

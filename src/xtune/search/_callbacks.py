@@ -150,8 +150,10 @@ class ValidateEachEpoch(keras.callbacks.Callback):
     architecture on a score that says nothing about it. So, before validating, a model
     with batch norm gets its statistics re-estimated over this epoch's own training
     batches (at most ``max_batches``), as `tune export` does before testing. The
-    weights are untouched (training uses batch statistics, not the moving ones). The
-    ``val_*`` results join the epoch's logs, for the callbacks after this one.
+    weights are untouched (training uses batch statistics, not the moving ones). An
+    epoch of at least ``1 / (1 - momentum)`` steps already leaves current statistics
+    and is not refreshed. The ``val_*`` results join the epoch's logs, for the
+    callbacks after this one.
 
     Args:
         validation: The validation dataset.
@@ -165,6 +167,7 @@ class ValidateEachEpoch(keras.callbacks.Callback):
         super().__init__()
         self.validation = validation
         self.batches = batches
+        self.steps = int(steps)
         self.count = max(1, min(int(steps), max_batches))
         self.refresh = refresh
         self._layers = None
@@ -172,13 +175,19 @@ class ValidateEachEpoch(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         from xtune.spaces._batchnorm import batch_norm_layers
 
-        self._layers = batch_norm_layers(self.model) if self.refresh else []
+        layers = batch_norm_layers(self.model) if self.refresh else []
+        # A moving average with momentum m spans about 1 / (1 - m) batches: an epoch of
+        # at least that many leaves statistics of the current weights (no refresh needed).
+        self._layers = [layer for layer in layers if self.steps < 1.0 / (1.0 - layer.momentum)]
+        self._forward = None
 
     def on_epoch_end(self, epoch, logs=None):
+        from xtune._runtime import training_forward
         from xtune.spaces._batchnorm import reestimate_batch_norm
 
         if self._layers:
-            reestimate_batch_norm(self.model, iter(self.batches(epoch)), steps=self.count)
+            self._forward = self._forward or training_forward(self.model)
+            reestimate_batch_norm(self.model, iter(self.batches(epoch)), steps=self.count, forward=self._forward)
         results = self.model.evaluate(self.validation, verbose=0, return_dict=True)
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in results.items()})

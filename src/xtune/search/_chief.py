@@ -317,4 +317,4 @@ def run_chief(request, *, progress=None, stop_event=None):
     chief = ChiefServer(request.host, port, progress)
     return run_search(request.path, request.given, space_ref=request.space_ref, data_dir=request.data_dir_path,
                       archive=request.archive_path, overwrite=request.overwrite, progress=progress,
-                      stop_event=stop_event, chief=chief)
+                      stop_event=stop_event, chief=chief, warm_start=request.warm)

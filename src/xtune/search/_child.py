@@ -103,7 +103,7 @@ def _run(role: str, spec: dict, emit, stop_event) -> tuple[str, dict]:
         outcome = run_search(request.path, request.given, space_ref=request.space_ref, data_dir=request.data_dir_path,
                              archive=request.archive_path, overwrite=request.overwrite, progress=emit,
                              mixed_precision=request.mixed_precision, strategy=request.strategy,
-                             stop_event=stop_event, recycle_mb=recycle_mb())
+                             stop_event=stop_event, recycle_mb=recycle_mb(), warm_start=request.warm)
     return outcome.status, {"resumed": outcome.resumed, "notes": outcome.notes, "message": outcome.message}
 
 

@@ -58,6 +58,8 @@ class SearchRequest:
         gpus: GPU numbers to divide among the workers.
         serve: Serve the search to workers on other machines (``--chief``).
         host, port: Where a serving chief listens.
+        warm_start, warm_start_top: A new search starts with the ``warm_start_top``
+            best configurations of the search in ``warm_start``.
     """
 
     project: str
@@ -73,6 +75,8 @@ class SearchRequest:
     serve: bool = False
     host: str = "0.0.0.0"
     port: int | None = None
+    warm_start: str | None = None
+    warm_start_top: int = 5
 
     @property
     def path(self) -> Path:
@@ -91,9 +95,13 @@ class SearchRequest:
         """"chief" (serve), "workers" (a chief and workers here) or "single"."""
         return "chief" if self.serve else ("workers" if self.workers else "single")
 
+    @property
+    def warm(self) -> tuple | None:
+        return (self.warm_start, self.warm_start_top) if self.warm_start else None
+
     def resumed(self) -> "SearchRequest":
-        """The same request for a restart: never overwrite twice."""
-        return dataclasses.replace(self, overwrite=False)
+        """The same request for a restart: never overwrite twice, never warm-start twice."""
+        return dataclasses.replace(self, overwrite=False, warm_start=None)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

@@ -150,13 +150,17 @@ def min_epochs_for(max_epochs: int, factor: int, num_brackets: int) -> float:
     return max_epochs / factor ** (num_brackets - 0.5)
 
 
-def hyperband_plan(max_trials: int = 50, max_epochs: int = 100, factor: int = 3) -> HyperbandPlan:
+def hyperband_plan(max_trials: int = 50, max_epochs: int = 100, factor: int = 3,
+                   num_brackets: int | None = None) -> HyperbandPlan:
     """The largest complete Hyperband plan with at most ``max_trials`` trials.
 
     Args:
         max_trials: Upper bound on trials, promotions included.
         max_epochs: Epochs of one full training.
         factor: Hyperband's reduction factor (at least 2).
+        num_brackets: Brackets per iteration, fixed (an extended search keeps its
+            own, so that its plan so far stays the start of the longer one); default:
+            the rule above.
 
     Returns:
         The plan.
@@ -183,6 +187,11 @@ def hyperband_plan(max_trials: int = 50, max_epochs: int = 100, factor: int = 3)
             f"--factor {factor}: the smallest complete plan has {smallest} trials"
         )
     s = max(fitting)
+    if num_brackets is not None:
+        if num_brackets not in per_iteration or num_brackets not in fitting:
+            raise UsageError(f"--max-trials {max_trials} is too small for this search's {num_brackets} bracket(s) "
+                             "per iteration")
+        s = num_brackets
     one = sum(b.trials for b in per_iteration[s])
     iterations = max_trials // one
     brackets = [

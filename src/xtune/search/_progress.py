@@ -89,3 +89,26 @@ class SearchProgress:
         if started is None or not self._epochs or started.epochs is None:
             return None
         return max(started.epochs - self._done_in_trial.get(trial_id, 0), 0) * self._epoch_seconds / self._epochs
+
+
+def remaining_seconds(state) -> float | None:
+    """Seconds left in a search, from its files (what `tune status` shows of a running search).
+
+    Fits each ended trial's seconds as a fixed part plus a part per epoch (least
+    squares; one rate when every trial trained as many epochs), then prices what the
+    plan has left: its trials and its epochs. None before two trials have ended.
+    """
+    points = [(t.epochs - t.initial_epoch, t.record.seconds) for t in state.ended
+              if t.record.seconds is not None and t.epochs is not None]
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mean_e = sum(e for e, _ in points) / n
+    mean_s = sum(s for _, s in points) / n
+    spread = sum((e - mean_e) ** 2 for e, _ in points)
+    per_epoch = (sum((e - mean_e) * (s - mean_s) for e, s in points) / spread) if spread else mean_s / max(mean_e, 1)
+    per_epoch = max(per_epoch, 0.0)
+    fixed = max(mean_s - per_epoch * mean_e, 0.0)
+    trials_left = max(state.plan.total_trials - len(state.ended), 0)
+    epochs_left = max(state.plan.total_epochs - state.epochs_done, 0)
+    return trials_left * fixed + epochs_left * per_epoch

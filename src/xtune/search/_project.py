@@ -57,6 +57,9 @@ class SearchSettings:
             kaggle:dogs-vs-cats (the book's 1000, 500, 1000).
         max_image_bytes: Image files larger than this are skipped unread
             (``xtune.data.MAX_IMAGE_BYTES``).
+        max_params, max_flops: The size budget of every configuration tried (per
+            image, at ``image_size``); over it, a configuration is drawn again.
+        brackets_per_iteration: Fixed by an extension (see ``hyperband_plan``).
     """
 
     data: str
@@ -73,6 +76,9 @@ class SearchSettings:
     split_seed: int = 1337
     kaggle_split: tuple[int, int, int] = (1000, 500, 1000)
     max_image_bytes: int = 64 << 20
+    max_params: int | None = None
+    max_flops: int | None = None
+    brackets_per_iteration: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "kaggle_split", tuple(self.kaggle_split))
@@ -84,7 +90,13 @@ class SearchSettings:
                 "max_image_bytes": self.max_image_bytes}
 
     def plan(self) -> HyperbandPlan:
-        return hyperband_plan(self.max_trials, self.max_epochs, self.factor)
+        return hyperband_plan(self.max_trials, self.max_epochs, self.factor, self.brackets_per_iteration)
+
+    def budget(self):
+        """The size budget (``xtune.spaces.Budget``)."""
+        from xtune.spaces._budget import Budget
+
+        return Budget(self.max_params, self.max_flops)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,8 +121,8 @@ def library_versions() -> dict:
     return versions
 
 
-def write_run(project: Path, settings: SearchSettings, space: dict, data: dict | None) -> dict:
-    """Write run.json (once, atomically) and return its content."""
+def write_run(project: Path, settings: SearchSettings, space: dict, data: dict | None, extra: dict | None = None) -> dict:
+    """Write run.json (once, atomically; an extension adds to it) and return its content."""
     run = {
         "format": RUN_FORMAT,
         "search_id": uuid.uuid4().hex,  # who a chief serves (workers of another search are refused)
@@ -119,6 +131,7 @@ def write_run(project: Path, settings: SearchSettings, space: dict, data: dict |
         "space": space,
         "data": data,
         "versions": library_versions(),
+        **(extra or {}),
     }
     _atomic.write_json(Path(project) / RUN_FILE, run)
     return run

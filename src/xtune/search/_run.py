@@ -123,6 +123,10 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
         run = read_run(project)
         stored = SearchSettings.from_dict(run["settings"])
         conflicts = settings_conflicts(stored, given)
+        more = next((c for c in conflicts if c[0] == "max_trials" and c[1] > c[2]), None)
+        if more is not None:  # a bigger budget extends the search with whole new brackets
+            conflicts.remove(more)
+            stored = extended(stored, more[1])
         space = SearchSpace.from_dict(run["space"])
         if space_ref is not None:
             asked = load_space(space_ref)
@@ -147,6 +151,31 @@ def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: b
     if settings.objective not in ("val_accuracy", "val_loss", "accuracy", "loss"):
         raise UsageError(f"--objective must be val_accuracy, val_loss, accuracy or loss; got {settings.objective!r}")
     return settings, load_space(space_ref), None
+
+
+def extended(settings: SearchSettings, max_trials: int) -> SearchSettings:
+    """The settings of a search extended to ``max_trials``: the same brackets per
+    iteration, so the plan run so far is the start of the new one (whole new brackets follow)."""
+    import dataclasses
+
+    return dataclasses.replace(settings, max_trials=max_trials,
+                               brackets_per_iteration=settings.plan().num_brackets)
+
+
+def record_extension(project: Path, run: dict, settings: SearchSettings) -> str | None:
+    """Write an extension into run.json (and the search is no longer finished); the note to show."""
+    stored = SearchSettings.from_dict(run["settings"])
+    if stored.max_trials == settings.max_trials:
+        return None
+    before, after = stored.plan(), settings.plan()
+    run["settings"] = settings.to_dict()
+    run.setdefault("extensions", []).append({"from_max_trials": stored.max_trials, "to_max_trials": settings.max_trials,
+                                             "brackets_added": len(after.brackets) - len(before.brackets),
+                                             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    _atomic.write_json(project / RUN_FILE, run)
+    (project / FINISHED_FILE).unlink(missing_ok=True)
+    return (f"extended from {before.total_trials} to {after.total_trials} planned trials: "
+            f"{len(after.brackets) - len(before.brackets)} new bracket(s); the {len(before.brackets)} before are kept")
 
 
 def is_search(project: Path) -> bool:
@@ -194,6 +223,28 @@ def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
         )
 
 
+def check_budget(settings: SearchSettings, space, plan: HyperbandPlan, num_classes: int) -> None:
+    """Refuse, before training, a size budget that leaves too few configurations for the plan."""
+    budget = settings.budget()
+    if not budget:
+        return
+    from xtune.spaces import count_flops, count_params
+    from xtune.spaces._budget import budget_share
+
+    size = settings.image_size
+    shape = (size, size, 3)
+    share = budget_share(space, budget, shape, num_classes)
+    where = f"{budget.describe()} at {size}x{size} with {num_classes} classes"
+    if share.configurations_fitting == 0:
+        smallest = space.extreme_config(largest=False)
+        raise UsageError(f"no configuration of the space {space.name!r} fits {where} (the smallest has "
+                         f"{count_params(smallest, shape, num_classes):,} parameters and "
+                         f"{count_flops(smallest, shape, num_classes):,} FLOPs); raise the budget or change the space")
+    if share.configurations_fitting < plan.architectures:
+        raise UsageError(f"only {share.configurations_fitting:,} configurations of the space {space.name!r} fit {where}, "
+                         f"but the plan samples {plan.architectures}; lower --max-trials or raise the budget")
+
+
 # -- signals -------------------------------------------------------------------------------------
 
 
@@ -220,8 +271,13 @@ def stop_on_signals(event: threading.Event):
 # -- the tuner -----------------------------------------------------------------------------------
 
 
-def build_oracle(settings: SearchSettings, space, num_classes: int):
-    """The search's oracle (not yet attached to a directory)."""
+def build_oracle(settings: SearchSettings, space, num_classes: int, run: dict | None = None):
+    """The search's oracle (not yet attached to a directory).
+
+    The first slots are a warm start's configurations (run.json), then the space's
+    default (the book's model in the full family: every search measures it, and
+    picks something else only by beating it); those over the size budget are left out.
+    """
     import keras_tuner
 
     from xtune.search._oracle import PlannedHyperbandOracle
@@ -229,9 +285,10 @@ def build_oracle(settings: SearchSettings, space, num_classes: int):
     from xtune.search._state import objective_is_max
 
     direction = "max" if objective_is_max(settings.objective) else "min"
-    # The first trial is the space's default configuration (the book's model in the
-    # full family): every search measures it, and picks something else only by beating it.
-    sampler = ConfigSampler(space, settings.seed, first=[space.default_config().to_dict()])
+    size = settings.image_size
+    warm = list(((run or {}).get("warm_start") or {}).get("configs") or [])
+    sampler = ConfigSampler(space, settings.seed, fits=settings.budget().predicate((size, size, 3), num_classes),
+                            first=[*warm, space.default_config().to_dict()])
     return PlannedHyperbandOracle(keras_tuner.Objective(settings.objective, direction), settings.plan(), sampler)
 
 
@@ -250,9 +307,10 @@ def make_tuner(project: Path, settings: SearchSettings, space, splits, *, oracle
     from xtune.spaces import MiniXceptionHyperModel
 
     num_classes = len(splits.class_names)
-    oracle = oracle if oracle is not None else build_oracle(settings, space, num_classes)
+    oracle = oracle if oracle is not None else build_oracle(settings, space, num_classes, read_run(project))
     hypermodel = MiniXceptionHyperModel((settings.image_size, settings.image_size, 3), num_classes, space)
-    tuner = SearchTuner(oracle, hypermodel, Path(project), splits, seed=settings.seed, **tuner_kwargs)
+    tuner = SearchTuner(oracle, hypermodel, Path(project), splits, seed=settings.seed, plan=settings.plan(),
+                        **tuner_kwargs)
     if not tuner.reloaded:  # new, or killed before its first state write: start fresh
         tuner.save()
     return tuner
@@ -280,6 +338,7 @@ def run_search(
     chief=None,
     recycle_mb: float | None = None,
     refresh_batch_norm: bool = True,
+    warm_start: tuple | None = None,
 ) -> SearchOutcome:
     """Start or resume the search in ``project`` and run it until its plan is done.
 
@@ -309,6 +368,8 @@ def run_search(
             ``SearchTuner``); only for a caller that resumes it in a new process.
         refresh_batch_norm: Re-estimate batch-norm statistics before each validation
             (off only to measure what it changes; ``ValidateEachEpoch``).
+        warm_start: ``(other project, K)``: a new search's first trials are the K best
+            configurations of another search (recorded in run.json).
 
     Returns:
         A ``SearchOutcome``.
@@ -324,10 +385,15 @@ def run_search(
     settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
     plan = settings.plan()
     check_plan_fits_space(plan, space)
+    if warm_start is not None and run is not None:
+        raise UsageError(f"--warm-start starts a new search; {project} already holds one (resume it without "
+                         "--warm-start, or pass --overwrite)")
+    warm = warm_start_record(Path(warm_start[0]), int(warm_start[1]), space) if warm_start is not None else None
     stop_event = stop_event or threading.Event()
     created = not project.exists()
     with ProjectLock(project, on_wait=emit):
         check_writable(project)
+        extension = record_extension(project, run, settings) if run is not None else None
         if run is not None and load_project(project).done:
             # Nothing to train; still repair what a crash damaged (status said it would).
             with _kt.patched():
@@ -338,6 +404,7 @@ def run_search(
         try:
             if splits is None:
                 splits, data_info = load_data(project, settings, run, data_dir, archive)
+            check_budget(settings, space, plan, len(splits.class_names))
         except BaseException:
             if created:  # a bad dataset leaves nothing behind
                 remove_owned(project, SEARCH_ENTRIES)
@@ -350,7 +417,8 @@ def run_search(
         if not has_marker(project, "search"):
             write_marker(project, "search")
         with _kt.patched():
-            notes = prepare_directory(project, settings, space, run, data_info, len(splits.class_names))
+            notes = prepare_directory(project, settings, space, run, data_info, len(splits.class_names), warm)
+            notes += [extension] if extension else []
             devices = None if chief is not None else configure_devices(mixed_precision)
             strategy_obj = None if chief is not None else distribution_strategy(strategy)
             return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
@@ -358,14 +426,15 @@ def run_search(
                         tensorboard=tensorboard, refresh_batch_norm=refresh_batch_norm)
 
 
-def prepare_directory(project: Path, settings, space, run, data_info, num_classes: int) -> list[str]:
+def prepare_directory(project: Path, settings, space, run, data_info, num_classes: int,
+                      warm: dict | None = None) -> list[str]:
     """Write run.json for a new search, or repair a resumed one; return the repairs made."""
     if run is None:
-        write_run(project, settings, space.to_dict(), data_info)
+        write_run(project, settings, space.to_dict(), data_info, extra={"warm_start": warm} if warm else None)
         return []
     from xtune.search._repair import repair_project
 
-    return repair_project(project, settings.plan(), lambda: build_oracle(settings, space, num_classes))
+    return repair_project(project, settings.plan(), lambda: build_oracle(settings, space, num_classes, run))
 
 
 def _run(project, settings, space, splits, resumed, notes, devices, strategy_obj, chief, emit, stop_event,
@@ -418,6 +487,36 @@ def _finish(project: Path) -> None:
         _atomic.read_json(path)
     except (OSError, ValueError):
         _atomic.write_json(path, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def warm_start_record(other: Path, top: int, space) -> dict:
+    """The K best distinct configurations of another search, as run.json keeps them.
+
+    Its data and image size may differ (they are recorded); configurations outside
+    this search's space are left out, since this search could never have drawn them.
+
+    Raises:
+        UsageError: ``top`` below 1, or the other search has no completed trial.
+    """
+    from xtune.search._sampler import active_values, config_key
+
+    if top < 1:
+        raise UsageError(f"--warm-start-top must be at least 1; got {top}")
+    state = load_project(other)
+    allowed = {spec.name: spec.all_values() for spec in space.specs}
+    configs, seen = [], set()
+    for trial in state.ranked():
+        values = active_values(space, {**space.default_config().to_dict(), **trial.values})
+        if any(v not in allowed[k] for k, v in values.items()) or config_key(values) in seen:
+            continue
+        seen.add(config_key(values))
+        configs.append(values)
+        if len(configs) == top:
+            break
+    if not configs:
+        raise UsageError(f"--warm-start {other}: no completed trial there fits this search's space")
+    return {"project": str(Path(other).resolve()), "search_id": state.run.get("search_id"), "top": top,
+            "data": state.settings.data, "image_size": state.settings.image_size, "configs": configs}
 
 
 def check_writable(project: Path) -> None:

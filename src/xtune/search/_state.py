@@ -349,7 +349,7 @@ def search_status(project: Path) -> dict:
         ``{"project", "state", "objective", "plan_trials", "trials_ended", "completed",
         "failed", "best": {trial_id, score} | None, "interrupted": [{trial_id,
         epochs_saved, initial_epoch, epochs}], "running": [...same...], "epochs_saved",
-        "epochs_done", "plan_epochs", "owner", "problems"}``.
+        "epochs_done", "plan_epochs", "eta" (seconds left, estimated), "owner", "problems"}``.
     """
     state = load_project(project)
     best = state.best
@@ -372,6 +372,15 @@ def search_status(project: Path) -> dict:
         "epochs_saved": state.epochs_saved,
         "epochs_done": state.epochs_done,
         "plan_epochs": state.plan.total_epochs,
+        "eta": _eta(state),
         "owner": state.owner,
         "problems": state.problems,
     }
+
+
+def _eta(state) -> float | None:
+    if state.done:
+        return None
+    from xtune.search._progress import remaining_seconds
+
+    return remaining_seconds(state)

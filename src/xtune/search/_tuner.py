@@ -91,13 +91,15 @@ class SearchTuner(keras_tuner.Tuner):
         distribution_strategy: ``tf.distribute`` strategy for each trial, or None.
         refresh_batch_norm: Re-estimate batch-norm statistics before each validation
             (``ValidateEachEpoch``); off only to measure what it changes.
+        plan: The search's plan (for TensorBoard's columns).
     """
 
     def __init__(self, oracle, hypermodel, project_dir: Path, splits, *, seed: int, emit=None,
                  stop_event: threading.Event | None = None, epoch_backups: bool = True,
                  tensorboard: bool = True, max_consecutive_failures: int = 10, recycle_mb: float | None = None,
-                 tuner_id: str = "tuner0", distribution_strategy=None, refresh_batch_norm: bool = True):
+                 tuner_id: str = "tuner0", distribution_strategy=None, refresh_batch_norm: bool = True, plan=None):
         self.splits = splits
+        self.plan = plan
         self.refresh_batch_norm = refresh_batch_norm
         self.seed = seed
         self.emit = emit or (lambda event: None)
@@ -149,7 +151,7 @@ class SearchTuner(keras_tuner.Tuner):
         if self.tensorboard and not list(self.logs_dir.glob("events.out.tfevents.*")):
             from xtune.search._board import write_experiment
 
-            write_experiment(self.logs_dir, self.hypermodel.space, self.oracle.objective.name)
+            write_experiment(self.logs_dir, self.hypermodel.space, self.plan, self.oracle.objective.name)
 
     def on_trial_begin(self, trial):
         if self.stop_event.is_set():
@@ -303,7 +305,7 @@ class SearchTuner(keras_tuner.Tuner):
         if self.tensorboard:
             from xtune.search._board import trial_callbacks
 
-            callbacks += trial_callbacks(self.logs_dir, trial, self.hypermodel.space)
+            callbacks += trial_callbacks(self.logs_dir, trial, self.hypermodel.space, self.plan)
         fault = os.environ.get("XTUNE_FAULT_ABORT", "").split(":")
         if fault[0] == trial_id:
             callbacks.append(AbortAt(int(fault[1])))

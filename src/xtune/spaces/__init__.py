@@ -4,7 +4,7 @@ Pure Keras 3 and KerasTuner: nothing here imports TensorFlow, so models build an
 train on any Keras backend. Keras is imported lazily, on first build.
 """
 
-from xtune.spaces._builder import MIN_IMAGE_SIZE, build_model, compile_model, count_params, output_units
+from xtune.spaces._builder import MIN_IMAGE_SIZE, build_model, compile_model, count_flops, count_params, output_units
 from xtune.spaces._config import PRESETS, MiniXceptionConfig
 from xtune.spaces._describe import describe_space
 from xtune.spaces._space import (
@@ -33,6 +33,7 @@ __all__ = [
     "build_model",
     "builtin_spaces",
     "compile_model",
+    "count_flops",
     "count_params",
     "describe_space",
     "load_space",

@@ -21,7 +21,7 @@ def reestimation_steps(steps_per_epoch: int) -> int:
     return max(steps_per_epoch, min(5 * steps_per_epoch, 100))
 
 
-def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
+def reestimate_batch_norm(model, batches, steps: int | None = None, forward=None) -> int:
     """Set every batch-norm layer's moving statistics to their training-data averages.
 
     With few steps per epoch the moving statistics (momentum 0.99) still carry the
@@ -43,6 +43,8 @@ def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
         model: A built Keras model.
         batches: An iterable of ``(images, labels)`` batches (a ``tf.data`` dataset).
         steps: Stop after this many batches (needed for an infinite dataset).
+        forward: ``images -> None`` running the model in training mode (a compiled
+            one, ``xtune._runtime.training_forward``); default: an eager call.
 
     Returns:
         The number of batches used (0 if the model has no batch norm).
@@ -53,6 +55,8 @@ def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
     momenta = [layer.momentum for layer in layers]
     used = 0
     try:
+        if forward is not None:  # compiled: the momentum is baked in, so average by hand
+            return _average_compiled(model, layers, batches, steps, forward, momenta)
         for k, batch in enumerate(itertools.islice(batches, steps), start=1):
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             for layer in layers:
@@ -62,4 +66,32 @@ def reestimate_batch_norm(model, batches, steps: int | None = None) -> int:
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
+    return used
+
+
+def _average_compiled(model, layers, batches, steps, forward, momenta) -> int:
+    """The plain average of per-batch statistics, with a compiled forward pass.
+
+    A compiled pass uses each layer's momentum ``m`` as traced. With the moving
+    statistics set to zero before a batch, the pass leaves ``(1 - m) * s`` for that
+    batch's statistic ``s``: divided back out and averaged.
+    """
+    import numpy as np
+
+    sums = [[np.zeros(v.shape, "float64") for v in (layer.moving_mean, layer.moving_variance)] for layer in layers]
+    used = 0
+    for batch in itertools.islice(batches, steps):
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for layer in layers:
+            layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, "float32"))
+            layer.moving_variance.assign(np.zeros(layer.moving_variance.shape, "float32"))
+        forward(images)
+        for layer, m, total in zip(layers, momenta, sums):
+            total[0] += np.asarray(layer.moving_mean, "float64") / (1.0 - m)
+            total[1] += np.asarray(layer.moving_variance, "float64") / (1.0 - m)
+        used += 1
+    if used:
+        for layer, total in zip(layers, sums):
+            layer.moving_mean.assign((total[0] / used).astype("float32"))
+            layer.moving_variance.assign((total[1] / used).astype("float32"))
     return used

@@ -159,3 +159,31 @@ def count_params(config: MiniXceptionConfig, input_shape=(180, 180, 3), num_clas
             total += c_in * filters
     units = output_units(num_classes)
     return total + c * units + units
+
+
+def count_flops(config: MiniXceptionConfig, input_shape=(180, 180, 3), num_classes: int = 2) -> int:
+    """Floating-point operations of one forward pass of one image through ``build_model(config, ...)``.
+
+    Two per multiply-add of every convolution and of the classifier (the usual
+    count); batch norm, activations, pooling, rescaling and additions are left out
+    (a few percent). Closed form and cheap, like ``count_params``; a test checks it
+    against the layers of the Keras model.
+    """
+    import math
+
+    height, width, channels = input_shape
+    k = config.stem_kernel
+    height, width = height - k + 1, width - k + 1  # the stem's "valid" padding
+    flops = 2 * k * k * channels * config.stem_filters * height * width
+    c = config.stem_filters
+    kk = config.kernel_size**2
+    for filters in config.widths:
+        c_in = c
+        for _ in range(config.convs_per_stage):
+            per_pixel = kk * c + c * filters if config.conv_type == "separable" else kk * c * filters
+            flops += 2 * per_pixel * height * width
+            c = filters
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+        if config.residual:
+            flops += 2 * c_in * filters * height * width
+    return flops + 2 * c * output_units(num_classes)

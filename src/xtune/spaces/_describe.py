@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xtune.spaces._builder import count_params
+from xtune.spaces._builder import count_flops, count_params
 from xtune.spaces._space import SearchSpace
 
 
@@ -45,5 +45,11 @@ def describe_space(space: SearchSpace, image_size: int = 180, num_classes: int =
             "default": count_params(space.default_config(), shape, num_classes),
             "smallest": count_params(space.extreme_config(largest=False), shape, num_classes),
             "largest": count_params(space.extreme_config(largest=True), shape, num_classes),
+        },
+        "flops": {
+            "seed": count_flops(PRESETS["seed"], shape, num_classes),
+            "default": count_flops(space.default_config(), shape, num_classes),
+            "smallest": count_flops(space.extreme_config(largest=False), shape, num_classes),
+            "largest": count_flops(space.extreme_config(largest=True), shape, num_classes),
         },
     }
