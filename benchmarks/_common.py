@@ -39,7 +39,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "gpus": [], "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions, "tensorflow": versions.get("tensorflow"),
             "load_before": [round(v, 2) for v in os.getloadavg()],
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
 def write_result(name: str, payload: dict) -> Path:

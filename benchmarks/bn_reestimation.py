@@ -60,9 +60,9 @@ def measure(preset: str, train: int, test: int, epochs: int, classes: int, size:
     import numpy as np
 
     from xtune.results import classification_metrics, reestimate_batch_norm
-    from xtune.spaces._batchnorm import reestimation_steps
     from xtune.results._export import _inference_model
     from xtune.spaces import PRESETS, build_model, compile_model
+    from xtune.spaces._batchnorm import reestimation_steps
 
     x, y = shapes(train, size, classes, seed)
     xt, yt = shapes(test, size, classes, seed + 1000)
@@ -109,7 +109,7 @@ def measure(preset: str, train: int, test: int, epochs: int, classes: int, size:
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     reestimate_batch_norm(model, (b for _ in range(count // steps + 1) for b in epoch_batches(rng)), steps=count)
-    row["after, as tune export (augmentation on, %d batches)" % count] = scores(
+    row[f"after, as tune export (augmentation on, {count} batches)"] = scores(
         _inference_model(model, config, shape, classes))
     return row
 

@@ -41,7 +41,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
 def one_run(workdir: Path, images: Path, data_dir: Path, given: dict, workers: int, threads: int, tag: str) -> dict:

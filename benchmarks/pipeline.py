@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from benchmarks._common import machine, write_result  # noqa: E402
+from benchmarks._common import machine, write_result
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
 

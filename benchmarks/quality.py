@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._common import dump, write_result  # noqa: E402
+from benchmarks._common import dump, write_result
 
 
 def one_seed(seed: int, args, work: Path, data_dir: Path) -> dict:

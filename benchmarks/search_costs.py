@@ -27,6 +27,7 @@ On the demo digits (1,797 real images, 32 px), all in one run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -36,7 +37,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._common import dump, median, rss_mb, write_result  # noqa: E402
+from benchmarks._common import dump, median, rss_mb, write_result
 
 IMAGE_SIZE = 32
 PARTS = ("loop", "overhead", "memory", "keras_memory", "backups")
@@ -157,7 +158,7 @@ def search_overhead(splits, data_info, work: Path, trials: int = 30) -> dict:
         build += first_begin - start["time"]
         tracing += max(epochs[0]["seconds"] - steady, 0.0)
         training += sum(e["seconds"] for e in epochs) - max(epochs[0]["seconds"] - steady, 0.0)
-        for a, b in zip(epochs, epochs[1:]):
+        for a, b in itertools.pairwise(epochs):
             saves += (b["time"] - b["seconds"]) - a["time"]
         after += end["time"] - epochs[-1]["time"]
     starts = [e for e in events if e["event"] == "trial_start"]

@@ -30,8 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from xtune.data._synthetic import make_image_folder
 

@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -21,7 +21,7 @@ class Event:
     def to_dict(self) -> dict:
         return {"event": self.kind, **dataclasses.asdict(self)}
 
-    def replace(self, **changes) -> "Event":
+    def replace(self, **changes) -> Event:
         return dataclasses.replace(self, **changes)
 
 

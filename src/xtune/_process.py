@@ -134,7 +134,7 @@ class Child:
                 self.on_output(self, line, is_err)
                 continue
             if self._log is None and log.parent.is_dir():
-                self._log = open(log, "a", encoding="utf-8")
+                self._log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - open while the child lives
             if self._log is not None:
                 self._log.write(line + "\n")
                 self._log.flush()

@@ -5,7 +5,7 @@ Library code raises these; only ``xtune.cli`` turns them into exit codes:
 everything else with 1 (a bad dataset, missing credentials, a locked project).
 """
 
-__all__ = ["XtuneError", "UsageError", "SpaceError", "DataError", "ProjectError"]
+__all__ = ["DataError", "ProjectError", "SpaceError", "UsageError", "XtuneError"]
 
 
 class XtuneError(Exception):

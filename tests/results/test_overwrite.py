@@ -91,7 +91,7 @@ def test_search_overwrite_keeps_the_users_files_and_the_exports(search_copy, ima
     old_trials = sorted(p.name for p in search_copy.glob("trial_*"))
     result = run("search", "--data", image_root, "--project", search_copy, "--data-dir", data_dir, "--overwrite",
                  "--image-size", "16", "--batch-size", "16", "--space", "small", "--max-trials", "1",
-                 "--max-epochs", "1", "--quiet")
+                 "--max-epochs", "1", "--quiet", "--workers", "1")
     assert result.exit_code == 0, result.output
     assert (search_copy / "my-notes.md").read_text() == "mine"
     assert (search_copy / "export" / "model_card.json").read_text() == "{}"

@@ -17,7 +17,7 @@ def data_dir(tmp_path_factory):
 def search_args(image_folder, project, data_dir, *extra):
     return ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
             "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "10",
-            "--max-epochs", "4", "--seed", "3", *extra]
+            "--max-epochs", "4", "--seed", "3", "--workers", "1", *extra]  # one process; a later --workers wins
 
 
 @pytest.fixture(scope="session")

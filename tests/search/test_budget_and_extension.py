@@ -74,7 +74,7 @@ def test_extending_a_finished_search_adds_whole_brackets_and_reruns_nothing(fini
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "20"])
+    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "20", "--workers", "1"])
     assert result.exit_code == 0, result.output
 
     after = load_project(project)
@@ -101,7 +101,8 @@ def test_a_warm_start_begins_with_the_other_searchs_best(finished, image_folder,
     project = tmp_path / "warm"
     args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
             "--image-size", "24", "--batch-size", "8", "--space", "small", "--max-trials", "4", "--max-epochs", "2",
-            "--factor", "2", "--seed", "9", "--warm-start", str(finished[0]), "--warm-start-top", "3", "--quiet"]
+            "--factor", "2", "--seed", "9", "--warm-start", str(finished[0]), "--warm-start-top", "3", "--quiet",
+            "--workers", "1"]
     result = CliRunner().invoke(tune, args)
     assert result.exit_code == 0, result.output
     state = load_project(project)

@@ -271,3 +271,35 @@ def test_workers_restart_themselves_when_their_memory_grows(image_folder, data_d
     # A worker ends itself after each of its trials but the last one of the plan.
     assert len(recycled) >= len(state.trials) - 2 and set(recycled) <= {"worker-1", "worker-2"}
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("cores, gpus, memory, size, workers", [
+    (2, 0, 24, 32, 2),    # this machine: one worker per core
+    (1, 0, 24, 32, 1),    # one core: one process
+    (16, 0, 64, 180, 4),  # many cores: four workers, four threads each
+    (8, 0, 4, 32, 2),     # little memory: about 2 GB per worker
+    (16, 1, 64, 32, 2),   # one GPU, small models: two trials share it
+    (16, 1, 64, 180, 1),  # one GPU, big models: one
+    (16, 4, 64, 180, 4),  # several GPUs: one worker each
+])
+def test_the_machine_picks_how_many_trials_run_at_once(cores, gpus, memory, size, workers):
+    from xtune.search._launch import auto_workers
+
+    assert auto_workers(size, cores=cores, gpus=gpus, memory_gb=memory)[0] == workers
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the default is one process")
+def test_by_default_a_search_runs_trials_side_by_side_and_says_so(image_folder, data_dir, tmp_path):
+    project = tmp_path / "default"
+    args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
+            "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "4", "--max-epochs", "2",
+            "--factor", "2", "--seed", "5"]
+    out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    first = " ".join(out.stdout.split("Workers:")[0].split())
+    assert "trials at once" in first and "chosen for" in first and "--workers 1 for one process" in first
+    state = load_project(project)
+    assert len(state.trials) == state.plan.total_trials == 4 and all(t.status == "COMPLETED" for t in state.trials)
+    assert {t.record.runs[0].get("from_epoch") for t in state.trials} == {0}
+    _epochs_once(state)

@@ -18,10 +18,11 @@ if sys.argv[1] == "parent":  # starts the holder, prints its pid, then waits to 
     print(child.pid, flush=True)
     time.sleep(600)
 else:  # the holder: takes the lock, keeps it while its parent lives, then a little longer (stopping)
+    parent = os.getppid()  # before the lock: the test kills the parent once the lock is taken
     from xtune.search._project import ProjectLock
     lock = ProjectLock(sys.argv[2]).acquire()
-    parent = os.getppid()
-    while os.getppid() == parent:
+    deadline = time.monotonic() + 600
+    while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(float(sys.argv[3]))
     lock.release()

@@ -310,7 +310,7 @@ def test_a_trial_that_crashes_the_process_is_resumed_then_failed(image_folder, d
     env = dict(os.environ, XTUNE_FAULT_ABORT="0000:2", TF_CPP_MIN_LOG_LEVEL="3")
     args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
             "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "2",
-            "--max-epochs", "2", "--seed", "3"]
+            "--max-epochs", "2", "--seed", "3", "--workers", "1"]
     out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     # Dies in epoch 2 (epoch 1 saved), then twice more from epoch 1; the next start fails it.
@@ -329,7 +329,7 @@ def test_a_search_whose_memory_grows_continues_in_a_fresh_process(image_folder, 
     env = dict(os.environ, XTUNE_RECYCLE_MB="0", TF_CPP_MIN_LOG_LEVEL="3")  # 0: after every trial
     args = ["search", "--data", str(image_folder), "--project", str(project), "--data-dir", str(data_dir),
             "--image-size", "16", "--batch-size", "8", "--space", "small", "--max-trials", "3",
-            "--max-epochs", "2", "--seed", "3"]
+            "--max-epochs", "2", "--seed", "3", "--workers", "1"]
     out = subprocess.run([sys.executable, "-m", "xtune", *args], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     state = load_project(project)

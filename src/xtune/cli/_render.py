@@ -55,7 +55,7 @@ def shorthand(values: dict) -> str:
 def duration(seconds) -> str:
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
@@ -313,7 +313,9 @@ class SearchView:
             gpus = [w["gpus"] for w in e.workers if w.get("gpus")]
             threads = e.workers[0].get("threads")
             what = f"GPUs {' | '.join(gpus)}" if gpus else "CPU" + (f", {threads} thread(s) each" if threads else "")
-            return f"{len(e.workers)} worker(s): {what}"
+            auto = e.workers[0].get("auto")
+            why = f"; chosen for {auto}, --workers 1 for one process" if auto else ""
+            return f"{len(e.workers)} trials at once: {what}{why}"
         if e.devices is None:
             return "served to workers"
         return f"{', '.join(e.devices['gpus']) or 'CPU'}, {e.devices['policy']}"

@@ -10,7 +10,6 @@ import click
 from xtune.cli._app import FORMATS, PROJECT, project_required, quiet_tensorflow, tune
 from xtune.cli._render import ExportView, duration, echo_json, echo_table, quote, say, shorthand
 
-
 RESULTS_FORMATS = click.Choice(["table", "csv", "json"])
 _ROW_FIELDS = ("rank", "trial_id", "status", "bracket", "round", "initial_epoch", "epochs", "best_epoch",
                "objective", "score", "tie_breaker", "params", "flops", "seconds", "parent", "reason")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xtune.data._store import temp_sibling, remove, swap_into_place
+from xtune.data._store import remove, swap_into_place, temp_sibling
 
 ORIGIN = ("UCI Machine Learning Repository, Optical Recognition of Handwritten Digits (E. Alpaydin, "
           "C. Kaynak, 1998), the copy shipped in scikit-learn as sklearn.datasets.load_digits")

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xtune import __version__
-from xtune import _atomic
+from xtune import __version__, _atomic
 from xtune.data import _store
 from xtune.data._scan import (
     KEPT_GRAY,
@@ -336,8 +335,8 @@ def describe_data(
         (the last two: a scan, with ``root`` and ``prepared_at`` None).
     """
     src = _parse_source(source)
-    options = dict(validation_fraction=validation_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                   kaggle_split=kaggle_split, max_image_bytes=max_image_bytes)
+    options = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "split_seed": split_seed,
+               "kaggle_split": kaggle_split, "max_image_bytes": max_image_bytes}
     try:
         prepared = load_prepared(source, data_dir=data_dir, **options)
     except DataError:

@@ -441,7 +441,7 @@ def _walk(folder: Path) -> tuple[list[str], list[str]]:
     for dirpath, dirnames, filenames in os.walk(folder):
         rel_dir = PurePosixPath(Path(dirpath).relative_to(folder).as_posix())
 
-        def rel(name):
+        def rel(name, rel_dir=rel_dir):
             return str(rel_dir / name) if str(rel_dir) != "." else name
 
         visible = [d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS]

@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 from xtune import _atomic

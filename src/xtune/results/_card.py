@@ -32,7 +32,7 @@ def render_card_markdown(card: dict) -> str:
         + ", ".join(f"{k} {v['max_abs_diff']:.2g}" for k, v in card["formats"].items() if isinstance(v, dict))
         + ").",
         "",
-        f"Predict: `tune predict --model <this folder> IMAGE...`",
+        "Predict: `tune predict --model <this folder> IMAGE...`",
         "",
         "## Data",
         "",

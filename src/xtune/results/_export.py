@@ -30,11 +30,21 @@ import numpy as np
 
 from xtune import _atomic
 from xtune._events import ExportEnded, ExportPhase, ExportStarted
-from xtune._owned import EXPORT_ENTRIES, PARETO_DIR, check_export_target, describe, entries, foreign, has_marker, write_marker
+from xtune._owned import (
+    EXPORT_ENTRIES,
+    PARETO_DIR,
+    check_export_target,
+    describe,
+    entries,
+    foreign,
+    has_marker,
+    write_marker,
+)
 from xtune.errors import DataError, ProjectError, UsageError
 from xtune.results._card import render_card_markdown
 from xtune.results._metrics import classification_metrics
-from xtune.results._rows import best_trial, class_names as recorded_class_names, completed_trials, trial_config
+from xtune.results._rows import best_trial, completed_trials, trial_config
+from xtune.results._rows import class_names as recorded_class_names
 from xtune.search._state import load_project
 from xtune.spaces import PRESETS, MiniXceptionConfig
 
@@ -414,7 +424,7 @@ def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, 
     sizes = {k: int(v) for k, v in dict(splits.sizes).items()}
     return {
         "format": CARD_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds"),
         "name": job.name,
         "model": {
             "source": (f"preset {job.preset!r} (xtune.spaces.PRESETS)" if job.preset is not None
@@ -676,7 +686,7 @@ def verify_formats(folder: Path, images: np.ndarray, reference: np.ndarray, tole
     images = np.asarray(images, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     loaders = {"model.keras": _predict_keras, "saved_model": _predict_saved_model, "model.tflite": _predict_tflite}
-    report = {"tolerance": tolerance, "images": int(len(images))}
+    report = {"tolerance": tolerance, "images": len(images)}
     for fmt, predict in loaders.items():
         try:
             outputs = np.asarray(predict(folder, images), dtype=np.float32)
@@ -750,11 +760,9 @@ def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: boo
     if not front:
         best_trial(state)  # the ProjectError that says no trial has completed
     folder = Path(project) / PARETO_DIR
-    reports = []
-    for trial in front:
-        reports.append(export_model(project, out=folder / f"trial_{trial.trial_id}", trial_id=trial.trial_id,
-                                    overwrite=overwrite, data_dir=data_dir, progress=progress, latency=latency,
-                                    retrain=retrain))
+    reports = [export_model(project, out=folder / f"trial_{trial.trial_id}", trial_id=trial.trial_id,
+                            overwrite=overwrite, data_dir=data_dir, progress=progress, latency=latency,
+                            retrain=retrain) for trial in front]
     table = [{"trial_id": r.card["model"]["trial_id"], "score": state.trial(r.card["model"]["trial_id"]).score,
               "test_accuracy": r.test["accuracy"], "params": r.card["model"]["params"],
               "flops": trial_flops(state, state.trial(r.card["model"]["trial_id"])),

@@ -174,7 +174,7 @@ def _effects(state, completed):
 
     from xtune.results._rows import space_of
 
-    searched = [spec for spec in space_of(state).searched()]
+    searched = list(space_of(state).searched())
     if not completed or not searched:
         return None
     effects = []
@@ -190,7 +190,7 @@ def _effects(state, completed):
     titles = [f"{name} ({'-' if eta is None else f'{eta:.2f}'})" for name, _, eta in effects]
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, shared_yaxes=True,
                         vertical_spacing=0.5 / max(nrows, 1))
-    for i, (name, groups, _) in enumerate(effects):
+    for i, (_, groups, _) in enumerate(effects):
         xs = [str(v) for v, scores in groups.items() for _ in scores]
         ys = [s for scores in groups.values() for s in scores]
         fig.add_trace(go.Box(x=xs, y=ys, boxpoints="all", jitter=0.4, pointpos=0, showlegend=False,

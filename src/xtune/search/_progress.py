@@ -37,6 +37,7 @@ class SearchProgress:
         self._epochs_left = 0
         self._running: dict[str, TrialStarted] = {}
         self._done_in_trial: dict[str, int] = {}
+        self._ended: list[tuple[int, float]] = []  # (epochs trained, seconds) of each trial ended
 
     def update(self, event: Event) -> None:
         if isinstance(event, SearchStarted):
@@ -61,26 +62,37 @@ class SearchProgress:
                 self._trial_epoch_seconds[event.trial_id] = self._trial_epoch_seconds.get(event.trial_id, 0.0) + event.seconds
         elif isinstance(event, TrialEnded):
             self.ended += 1
-            self._running.pop(event.trial_id, None)
+            started_event = self._running.pop(event.trial_id, None)
+            if started_event is not None and event.seconds is not None and started_event.epochs is not None:
+                trained = started_event.epochs - (started_event.resumed_at or started_event.initial_epoch)
+                self._ended.append((trained, float(event.seconds)))
             started = self._started.pop(event.trial_id, None)
             if started is not None:
                 self._overhead += max(self.clock() - started - self._trial_epoch_seconds.pop(event.trial_id, 0.0), 0.0)
                 self._trials += 1
-            if event.status == "COMPLETED" and event.score is not None:
-                if self.best is None or (event.score > self.best if self.maximize else event.score < self.best):
-                    self.best = event.score
+            better = self.best is None or (event.score > self.best if self.maximize else event.score < self.best)
+            if event.status == "COMPLETED" and event.score is not None and better:
+                self.best = event.score
 
     @property
     def elapsed(self) -> float:
         return self.clock() - self.start
 
     def eta(self) -> float | None:
-        """Seconds left (None until one trial of this session has ended)."""
-        if not self._trials or not self._epochs:
-            return None
-        per_epoch = self._epoch_seconds / self._epochs
-        per_trial = self._overhead / self._trials
+        """Seconds left (None until one trial of this session has ended).
+
+        From this session's epochs (their own seconds) and the rest of each trial's
+        time; where epochs are not timed (several workers report through the chief),
+        from the trials' times fitted as a fixed part plus a part per epoch.
+        """
         trials_left = max(self.total - self.ended, 0)
+        if self._trials and self._epochs:
+            per_epoch = self._epoch_seconds / self._epochs
+            per_trial = self._overhead / self._trials
+        elif len(self._ended) >= 1:
+            per_trial, per_epoch = fit_trial_times(self._ended)
+        else:
+            return None
         return (self._epochs_left * per_epoch + trials_left * per_trial) / self.workers
 
     def trial_eta(self, trial_id: str) -> float | None:
@@ -89,6 +101,20 @@ class SearchProgress:
         if started is None or not self._epochs or started.epochs is None:
             return None
         return max(started.epochs - self._done_in_trial.get(trial_id, 0), 0) * self._epoch_seconds / self._epochs
+
+
+def fit_trial_times(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(seconds per trial, seconds per epoch)`` fitted to ``(epochs, seconds)`` of ended trials.
+
+    Least squares; one rate per epoch when every trial trained as many epochs.
+    """
+    n = len(points)
+    mean_e = sum(e for e, _ in points) / n
+    mean_s = sum(s for _, s in points) / n
+    spread = sum((e - mean_e) ** 2 for e, _ in points)
+    per_epoch = (sum((e - mean_e) * (s - mean_s) for e, s in points) / spread) if spread else mean_s / max(mean_e, 1)
+    per_epoch = max(per_epoch, 0.0)
+    return max(mean_s - per_epoch * mean_e, 0.0), per_epoch
 
 
 def remaining_seconds(state) -> float | None:
@@ -102,13 +128,8 @@ def remaining_seconds(state) -> float | None:
               if t.record.seconds is not None and t.epochs is not None]
     if len(points) < 2:
         return None
-    n = len(points)
-    mean_e = sum(e for e, _ in points) / n
-    mean_s = sum(s for _, s in points) / n
-    spread = sum((e - mean_e) ** 2 for e, _ in points)
-    per_epoch = (sum((e - mean_e) * (s - mean_s) for e, s in points) / spread) if spread else mean_s / max(mean_e, 1)
-    per_epoch = max(per_epoch, 0.0)
-    fixed = max(mean_s - per_epoch * mean_e, 0.0)
+    fixed, per_epoch = fit_trial_times(points)
     trials_left = max(state.plan.total_trials - len(state.ended), 0)
     epochs_left = max(state.plan.total_epochs - state.epochs_done, 0)
-    return trials_left * fixed + epochs_left * per_epoch
+    side_by_side = max(1, len(state.active))  # several workers run trials at once
+    return (trials_left * fixed + epochs_left * per_epoch) / side_by_side

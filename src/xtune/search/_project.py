@@ -102,7 +102,7 @@ class SearchSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SearchSettings":
+    def from_dict(cls, values: dict) -> SearchSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -160,7 +160,7 @@ def settings_conflicts(stored: SearchSettings, given: dict) -> list[tuple[str, o
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
 # -- lock ------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class ProjectLock:
         self.on_wait = on_wait or (lambda event: None)
         self._fd = None
 
-    def acquire(self) -> "ProjectLock":
+    def acquire(self) -> ProjectLock:
         import time
 
         try:

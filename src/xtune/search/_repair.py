@@ -14,6 +14,7 @@ the same way.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +94,7 @@ def _repair_trials(project: Path, space_config: dict | None, notes: list[str]) -
         trial_file = trial_dir / "trial.json"
         if not trial_file.exists():
             continue
-        raw, error = _load(trial_file)
+        _, error = _load(trial_file)
         if error:
             kept = _keep_damaged(trial_file)
             rebuilt = _trial_from_record(trial_dir, space_config)
@@ -190,11 +191,8 @@ def _rebuild_oracle(project: Path, plan: HyperbandPlan, oracle, trials: dict, sp
 def _bracket_for(oracle, plan: HyperbandPlan, values: dict) -> int:
     slot = values.get("xtune/slot")
     if slot is not None:
-        first = 0
-        for index, bracket in enumerate(plan.brackets):
-            if slot < first + bracket.rounds[0].trials:
-                break
-            first += bracket.rounds[0].trials
+        ends = list(itertools.accumulate(b.rounds[0].trials for b in plan.brackets))
+        index = next((i for i, end in enumerate(ends) if slot < end), len(ends) - 1)
     else:
         number = values.get("tuner/bracket")
         index = next((i for i, rounds in enumerate(oracle.brackets)

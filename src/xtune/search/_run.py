@@ -20,7 +20,16 @@ from pathlib import Path
 
 from xtune import _atomic
 from xtune._events import SearchStarted
-from xtune._owned import SEARCH_ENTRIES, SEARCH_MARKER, describe, entries, has_marker, is_inside, remove_owned, write_marker
+from xtune._owned import (
+    SEARCH_ENTRIES,
+    SEARCH_MARKER,
+    describe,
+    entries,
+    has_marker,
+    is_inside,
+    remove_owned,
+    write_marker,
+)
 from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan
 from xtune.search._project import (

@@ -93,12 +93,12 @@ class TrialRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrialRecord":
+    def from_dict(cls, data: dict) -> TrialRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
-    def read(cls, path: Path) -> "TrialRecord | None":
+    def read(cls, path: Path) -> TrialRecord | None:
         """The record at ``path``; None if missing; ValueError (naming it) if damaged."""
         path = Path(path)
         if not path.exists():

@@ -217,7 +217,7 @@ class SearchTuner(keras_tuner.Tuner):
         path = self.record_path(trial_id)
         record = _start_record(_read_record(path, trial_id), hp.values, trial_id,
                                seed_of(hp.values, self.seed, trial_id))
-        epochs, initial_epoch = record.epochs, record.initial_epoch
+        initial_epoch = record.initial_epoch
         backup = load_backup(self.backup_dir(trial_id)) if self.epoch_backups else None
         # A run that never ended is a process that died in it (a crash in native code,
         # the out-of-memory killer). Twice from the same epoch: this trial kills the

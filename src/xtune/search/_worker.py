@@ -84,7 +84,7 @@ class WorkerRequest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WorkerRequest":
+    def from_dict(cls, data: dict) -> WorkerRequest:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -125,7 +125,7 @@ class _WorkerSlot:
     def tuner_id(self) -> str:
         return f"worker-{self.worker_id}"
 
-    def __enter__(self) -> "_WorkerSlot":
+    def __enter__(self) -> _WorkerSlot:
         import fcntl
 
         folder = self.project / CLUSTER_DIR

@@ -55,7 +55,7 @@ def build_model(
     import keras
     from keras import layers
 
-    height, width, channels = input_shape
+    height, width, _ = input_shape
     if min(height, width) < MIN_IMAGE_SIZE:
         raise ValueError(f"input_shape must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; got {input_shape}")
     units = output_units(num_classes)

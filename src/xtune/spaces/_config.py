@@ -86,7 +86,7 @@ class MiniXceptionConfig:
     def widths(self) -> tuple[int, ...]:
         """Filters of each stage: ``base_width * width_growth**i``, rounded."""
         return tuple(
-            max(1, int(round(self.base_width * self.width_growth**i))) for i in range(self.num_stages)
+            max(1, round(self.base_width * self.width_growth**i)) for i in range(self.num_stages)
         )
 
     @property
@@ -99,7 +99,7 @@ class MiniXceptionConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "MiniXceptionConfig":
+    def from_dict(cls, values: dict) -> MiniXceptionConfig:
         """Build a config from a dict; unknown keys raise a ``ValueError`` naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -107,12 +107,12 @@ class MiniXceptionConfig:
             raise ValueError(f"MiniXceptionConfig has no field {', '.join(map(repr, unknown))}")
         return cls(**values)
 
-    def replace(self, **changes) -> "MiniXceptionConfig":
+    def replace(self, **changes) -> MiniXceptionConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_values(cls, values: dict) -> "MiniXceptionConfig":
+    def from_values(cls, values: dict) -> MiniXceptionConfig:
         """A config from a trial's hyperparameter values (missing fields: the seed's; others ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})

@@ -82,7 +82,7 @@ class FloatRange:
     condition: tuple[str, tuple] | None = None
 
     def all_values(self) -> tuple:
-        n = int(math.floor((self.max_value - self.min_value) / self.step + 1e-9))
+        n = math.floor((self.max_value - self.min_value) / self.step + 1e-9)
         return tuple(round(self.min_value + i * self.step, 10) for i in range(n + 1))
 
     def describe(self) -> str:
@@ -174,7 +174,7 @@ class SearchSpace:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSpace":
+    def from_dict(cls, data: dict) -> SearchSpace:
         """Inverse of ``to_dict``."""
         kinds = {"Choice": Choice, "IntRange": IntRange, "FloatRange": FloatRange}
         specs = []
@@ -219,7 +219,7 @@ def builtin_spaces() -> list[str]:
     return ["default"] + sorted(p.stem for p in _BUILTIN_DIR.glob("*.toml"))
 
 
-def load_space(ref: "str | Path | SearchSpace | None" = None) -> SearchSpace:
+def load_space(ref: str | Path | SearchSpace | None = None) -> SearchSpace:
     """Load a space: a TOML file that narrows the family, or a built-in name.
 
     A file holds one key per hyperparameter to narrow; unnamed ones keep the family's
