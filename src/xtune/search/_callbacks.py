@@ -79,12 +79,14 @@ class EpochState(keras.callbacks.Callback):
         objective: The tuner's objective.
         folder: The trial's backup folder, or None for no backups.
         resume: A ``load_backup`` result to continue from, or None.
+        last_epoch: The trial's last epoch (not backed up), or None.
     """
 
-    def __init__(self, objective, folder: Path | None, resume: dict | None = None):
+    def __init__(self, objective, folder: Path | None, resume: dict | None = None, last_epoch: int | None = None):
         super().__init__()
         self.objective = objective
         self.folder = Path(folder) if folder is not None else None
+        self.last_epoch = last_epoch
         resume = resume or {}
         self.history = list(resume.get("history", []))
         self.best_value = resume.get("best_value")
@@ -102,7 +104,9 @@ class EpochState(keras.callbacks.Callback):
             self.best_arrays, self.best_epoch = current, epoch + 1
             if improved:
                 self.best_value = value
-        if self.folder is not None:
+        # The last epoch needs no backup: the trial's checkpoint is written next and the
+        # backup removed (a kill in between redoes one epoch; nothing is lost).
+        if self.folder is not None and epoch + 1 != self.last_epoch:
             self._write(epoch + 1, current)
 
     def _write(self, epochs_done: int, current: list) -> None:

@@ -289,7 +289,7 @@ class SearchTuner(keras_tuner.Tuner):
             with scope(self.distribution_strategy):
                 _restore(model, self.checkpoint_path(record.parent))
         folder = self.backup_dir(trial.trial_id) if self.epoch_backups else None
-        return model, EpochState(self.oracle.objective, folder, resume=backup)
+        return model, EpochState(self.oracle.objective, folder, resume=backup, last_epoch=record.epochs)
 
     def _fit(self, trial, model, state: EpochState, record: TrialRecord, start: int) -> None:
         trial_id, epochs = trial.trial_id, record.epochs
