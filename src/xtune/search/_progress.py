@@ -70,7 +70,8 @@ class SearchProgress:
             if started is not None:
                 self._overhead += max(self.clock() - started - self._trial_epoch_seconds.pop(event.trial_id, 0.0), 0.0)
                 self._trials += 1
-            better = self.best is None or (event.score > self.best if self.maximize else event.score < self.best)
+            better = self.best is None or (event.score is not None and (
+                event.score > self.best if self.maximize else event.score < self.best))
             if event.status == "COMPLETED" and event.score is not None and better:
                 self.best = event.score
 
