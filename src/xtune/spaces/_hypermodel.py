@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras_tuner
 
 from xtune.spaces._builder import build_model, compile_model
@@ -24,7 +26,7 @@ def sample_config(hp: keras_tuner.HyperParameters, space: SearchSpace = DEFAULT_
     Returns:
         The sampled, validated configuration.
     """
-    values = {}
+    values: dict[str, Any] = {}
     for spec in space.specs:
         if spec.condition:
             parent, parent_values = spec.condition
