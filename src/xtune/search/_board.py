@@ -74,7 +74,7 @@ def hparams(space, plan, hparams_api) -> list:
 
 def trial_hparam_values(space, plan, values: dict, bracket, round_num) -> dict:
     """column name -> value of every column for one trial (inactive ones: ``INACTIVE``)."""
-    row = {}
+    row: dict[str, str | bool] = {}
     for name, display, _, _ in columns(space, plan):
         if display == "bracket":
             row[name] = str(int(bracket or 0))
