@@ -26,6 +26,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xtune import _atomic
 from xtune.errors import ProjectError, UsageError
@@ -150,7 +151,7 @@ def read_run(project: Path) -> dict:
     return run
 
 
-def settings_conflicts(stored: SearchSettings, given: dict) -> list[tuple[str, object, object]]:
+def settings_conflicts(stored: SearchSettings, given: dict) -> list[tuple[str, Any, Any]]:
     """(name, given, stored) for each explicitly given setting that differs from run.json."""
     out = []
     for name, value in given.items():
@@ -187,7 +188,7 @@ class ProjectLock:
         self.project = Path(project)
         self.path = self.project / LOCK_FILE
         self.on_wait = on_wait or (lambda event: None)
-        self._fd = None
+        self._fd: int | None = None
 
     def acquire(self) -> ProjectLock:
         import time
