@@ -26,6 +26,7 @@ import threading
 import uuid
 import weakref
 from pathlib import Path
+from typing import Any
 
 from xtune.data._prepare import PreparedData
 from xtune.data._scan import SPLITS
@@ -190,7 +191,7 @@ def _list_split(prepared: PreparedData, split: str):
     paths, labels = [], []
     for label, cls in enumerate(prepared.class_names):
         folder = root / split / cls
-        found = []
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
             found.extend(os.path.join(dirpath, f) for f in filenames)
@@ -214,7 +215,7 @@ class _Store:
         self.size = size
         self.path = path
         self.source = source
-        self._images = None  # a CPU tf.Tensor (memory) or a numpy memmap (disk)
+        self._images: Any = None  # a CPU tf.Tensor (memory) or a numpy memmap (disk)
         self._labels_t = None
         self._finalizer = weakref.finalize(self, _remove_file, path) if path is not None else None
         self._fill()
@@ -260,6 +261,7 @@ class _Store:
             if self.path is None:
                 self._images = tf.constant(target)
             else:
+                assert isinstance(target, np.memmap)  # with self.path, the store is a file
                 target.flush()
                 self._images = target
 
