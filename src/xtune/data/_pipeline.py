@@ -26,11 +26,15 @@ import threading
 import uuid
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xtune.data._prepare import PreparedData
 from xtune.data._scan import SPLITS
 from xtune.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tensorflow as tf
 
 CACHE_MODES = ("auto", "memory", "disk")
 _MEMORY_SHARE = 0.25
@@ -114,7 +118,7 @@ class Splits:
         return (f"Splits({self.prepared.source!r}, classes={len(self.class_names)}, sizes={self.sizes}, "
                 f"image_size={self.image_size}, batch_size={self.batch_size}, cache={self.cache!r})")
 
-    def train(self, start_epoch: int = 0):
+    def train(self, start_epoch: int = 0) -> tf.data.Dataset:
         """Training batches, endlessly: epoch ``start_epoch``, then the next, ...
 
         Fit with ``steps_per_epoch``. Each epoch is one pass over the training split
@@ -138,16 +142,16 @@ class Splits:
             tf.data.AUTOTUNE)
 
     @property
-    def validation(self):
+    def validation(self) -> tf.data.Dataset:
         """Validation batches, one pass, in file order (a finite ``tf.data.Dataset``)."""
         return self._ordered("validation")
 
     @property
-    def test(self):
+    def test(self) -> tf.data.Dataset:
         """Test batches, one pass, in file order (a finite ``tf.data.Dataset``)."""
         return self._ordered("test")
 
-    def arrays(self, split: str, dtype: str = "float32"):
+    def arrays(self, split: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
         """A whole split as numpy: ``(images (n, S, S, 3) in [0, 255], labels int32 (n,))``.
 
         For small data and for Keras backends other than TensorFlow.
