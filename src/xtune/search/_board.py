@@ -19,6 +19,7 @@ the objective at the trial's best epoch under its own name (``val_accuracy`` or
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from xtune.errors import XtuneError
@@ -130,7 +131,7 @@ def write_trial_result(logs_dir: Path, trial_id: str, bracket, round_num, object
                 tf.summary.scalar(name, float(value), step=step)
 
 
-def start_tensorboard(logdir: Path, port: int = 6006, host: str = "localhost"):
+def start_tensorboard(logdir: Path, port: int = 6006, host: str = "localhost") -> tuple[str, Callable[[], None]]:
     """Serve TensorBoard on ``logdir`` in this process.
 
     Args:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xtune._events import (
     BatchProgress,
@@ -38,6 +40,9 @@ from xtune._process import Child, ChildSpec, Supervisor
 from xtune.errors import DataError, ProjectError, SpaceError, UsageError, XtuneError
 from xtune.search._project import SearchSettings, read_run
 from xtune.search._run import SearchOutcome, search_outcome
+
+if TYPE_CHECKING:
+    from xtune.search._worker import WorkerOutcome, WorkerRequest
 
 _ERRORS = {cls.__name__: cls for cls in (UsageError, SpaceError, DataError, ProjectError, XtuneError)}
 WORKER_GRACE = 30.0  # seconds finished workers get to hear from the chief that the plan is done
@@ -345,8 +350,9 @@ def _quote(text) -> str:
     return shlex.quote(str(text))
 
 
-def start_search(request: SearchRequest, progress=None, *, stop_event: threading.Event | None = None,
-                 on_output=None) -> SearchOutcome:
+def start_search(request: SearchRequest, progress: Callable[[Event], None] | None = None, *,
+                 stop_event: threading.Event | None = None,
+                 on_output: Callable[[Child, str, bool], None] | None = None) -> SearchOutcome:
     """Run the search of ``request`` in supervised child processes, in the mode it asks for.
 
     Args:
@@ -387,7 +393,9 @@ def _with_auto_workers(request: SearchRequest) -> SearchRequest:
     return dataclasses.replace(request, workers=workers, gpus=gpus, auto=why)
 
 
-def start_worker(request, progress=None, *, stop_event: threading.Event | None = None, on_output=None):
+def start_worker(request: WorkerRequest, progress: Callable[[Event], None] | None = None, *,
+                 stop_event: threading.Event | None = None,
+                 on_output: Callable[[Child, str, bool], None] | None = None) -> WorkerOutcome:
     """Run `tune worker` in a supervised child process (restarted after a crash or to release memory).
 
     Returns:

@@ -12,6 +12,7 @@ not extrapolated from the first ones' pace. Several workers divide the time left
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from xtune._events import EpochEnded, Event, SearchStarted, TrialEnded, TrialStarted
 
@@ -19,7 +20,7 @@ from xtune._events import EpochEnded, Event, SearchStarted, TrialEnded, TrialSta
 class SearchProgress:
     """Folds a search's events into what a user wants to see while it runs."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.start = clock()
         self.plan: dict | None = None
