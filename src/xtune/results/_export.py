@@ -23,6 +23,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xtune import _atomic
-from xtune._events import ExportEnded, ExportPhase, ExportStarted
+from xtune._events import Event, ExportEnded, ExportPhase, ExportStarted
 from xtune._owned import (
     EXPORT_ENTRIES,
     PARETO_DIR,
@@ -131,8 +132,8 @@ def export_model(
     trial_id: str | None = None,
     overwrite: bool = False,
     data_dir: Path | None = None,
-    progress=None,
-    splits=None,
+    progress: Callable[[Event], None] | None = None,
+    splits: Any = None,
     latency: bool = False,
 ) -> ExportReport:
     """Retrain the best configuration of a search (or a preset), test it and export it.
@@ -752,8 +753,9 @@ def tflite_latency(path: Path, image: np.ndarray, repeats: int = 50, warmup: int
             "what": "TFLite interpreter, one thread, one image, median of repeated runs after warm-up"}
 
 
-def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: bool = False, progress=None,
-                  latency: bool = True, retrain="auto") -> list[ExportReport]:
+def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: bool = False,
+                  progress: Callable[[Event], None] | None = None, latency: bool = True,
+                  retrain: str | bool = "auto") -> list[ExportReport]:
     """Export every member of the accuracy-vs-size front into its own folder, side by side.
 
     Each goes to ``runs/NAME/export-pareto/trial_NNNN/`` (an ordinary export, with its
