@@ -141,7 +141,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) 
     return removed
 
 
-def is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException | None) -> bool:
     """Whether an exception (or one it wraps) is a full disk or quota."""
     seen = set()
     while error is not None and id(error) not in seen:

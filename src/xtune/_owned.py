@@ -94,7 +94,7 @@ def is_inside(path: Path, other: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_export_target(out: Path, project: Path, data_folders: list[Path]) -> None:
+def check_export_target(out: Path, project: Path, data_folders: list[Path | None]) -> None:
     """Refuse an export folder that would overlap the search or the data.
 
     Inside the project, ``out`` must be an ``export*`` folder (``runs/NAME/export``, the

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from xtune._events import ChildError, ChildOutcome, EpochEnded, Event, ProcessRestarted, TrialEnded, from_dict
 
@@ -85,7 +86,7 @@ class Child:
         self.gave_up: str | None = None  # why it was not restarted
         self.stop_sent = False
         self.tail: deque[str] = deque(maxlen=50)
-        self._log = None
+        self._log: TextIO | None = None
 
     @property
     def name(self) -> str:
@@ -144,6 +145,7 @@ class Child:
 
     def signal(self, signum) -> None:
         if self.alive():
+            assert self.proc is not None  # alive() says so
             try:
                 self.proc.send_signal(signum)
             except ProcessLookupError:  # pragma: no cover - exited meanwhile
@@ -253,6 +255,7 @@ class Supervisor:
     def _ended(self, child: Child) -> None:
         time.sleep(0.05)  # the reader threads pass on the last events of a process that just ended
         self._pump(0.0)
+        assert child.proc is not None  # it ran, and ended
         code = child.proc.returncode
         stopped_by_us = child.stop_sent or self._stopping
         if code == RECYCLE_EXIT and not stopped_by_us:
@@ -273,6 +276,7 @@ class Supervisor:
         old = child.pid
         child.restarts += 1
         child.start(restart=True)
+        assert old is not None and child.pid is not None  # it ran, and runs again
         self.on_event(child, ProcessRestarted(child.name, old, child.pid, reason))
 
     def _advance_stop(self) -> None:

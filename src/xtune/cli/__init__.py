@@ -10,8 +10,6 @@ imports what it needs in its body.
 
 from __future__ import annotations
 
-import sys
-
 from xtune.cli import cmd_data, cmd_results, cmd_search, cmd_space  # noqa: F401  (they register the commands)
 from xtune.cli._app import tune
 
@@ -24,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()  # click exits with the command's status itself

@@ -16,7 +16,7 @@ class OneLineError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click types it a ClassVar; it reads self.exit_code
 
 
 class Group(click.Group):

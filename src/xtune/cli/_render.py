@@ -187,7 +187,7 @@ class SearchView:
             self._live_text = ""
         click.echo(text, err=err)
 
-    def lines(self, fields: list[str], err: bool = False, sep: str = "  ") -> None:
+    def lines(self, fields: list, err: bool = False, sep: str = "  ") -> None:
         for line in fit_fields(fields, sep=sep):
             self.echo(line, err=err)
 
@@ -297,6 +297,7 @@ class SearchView:
         p = self.progress
         where = f"b{start.bracket} r{start.round}" if start else ""
         epochs = f"{start.initial_epoch}->{start.epochs}ep" if start else ""
+        result: list[str | list[str]]  # a list field is free text (fit_fields)
         if e.status == "COMPLETED":
             result = [f"{self.objective} {e.score:.4f}"]
         else:  # the reason is free text: it may break between words

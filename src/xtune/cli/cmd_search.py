@@ -160,6 +160,7 @@ def _print_plan(project, data, settings: dict, space_ref, overwrite: bool) -> No
     stored = None
     if project is not None and (project / "run.json").exists() and not overwrite:
         plan_settings, space_obj, run = resolve_settings(project, settings, space_ref=space_ref)
+        assert run is not None  # run.json exists: it was read
         stored = SearchSettings.from_dict(run["settings"]).plan()
     else:
         plan_settings = SearchSettings(**{"data": data or "-", **settings})

@@ -26,10 +26,15 @@ import threading
 import uuid
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xtune.data._prepare import PreparedData
 from xtune.data._scan import SPLITS
 from xtune.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tensorflow as tf
 
 CACHE_MODES = ("auto", "memory", "disk")
 _MEMORY_SHARE = 0.25
@@ -113,7 +118,7 @@ class Splits:
         return (f"Splits({self.prepared.source!r}, classes={len(self.class_names)}, sizes={self.sizes}, "
                 f"image_size={self.image_size}, batch_size={self.batch_size}, cache={self.cache!r})")
 
-    def train(self, start_epoch: int = 0):
+    def train(self, start_epoch: int = 0) -> tf.data.Dataset:
         """Training batches, endlessly: epoch ``start_epoch``, then the next, ...
 
         Fit with ``steps_per_epoch``. Each epoch is one pass over the training split
@@ -137,16 +142,16 @@ class Splits:
             tf.data.AUTOTUNE)
 
     @property
-    def validation(self):
+    def validation(self) -> tf.data.Dataset:
         """Validation batches, one pass, in file order (a finite ``tf.data.Dataset``)."""
         return self._ordered("validation")
 
     @property
-    def test(self):
+    def test(self) -> tf.data.Dataset:
         """Test batches, one pass, in file order (a finite ``tf.data.Dataset``)."""
         return self._ordered("test")
 
-    def arrays(self, split: str, dtype: str = "float32"):
+    def arrays(self, split: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
         """A whole split as numpy: ``(images (n, S, S, 3) in [0, 255], labels int32 (n,))``.
 
         For small data and for Keras backends other than TensorFlow.
@@ -190,7 +195,7 @@ def _list_split(prepared: PreparedData, split: str):
     paths, labels = [], []
     for label, cls in enumerate(prepared.class_names):
         folder = root / split / cls
-        found = []
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
             found.extend(os.path.join(dirpath, f) for f in filenames)
@@ -214,7 +219,7 @@ class _Store:
         self.size = size
         self.path = path
         self.source = source
-        self._images = None  # a CPU tf.Tensor (memory) or a numpy memmap (disk)
+        self._images: Any = None  # a CPU tf.Tensor (memory) or a numpy memmap (disk)
         self._labels_t = None
         self._finalizer = weakref.finalize(self, _remove_file, path) if path is not None else None
         self._fill()
@@ -260,6 +265,7 @@ class _Store:
             if self.path is None:
                 self._images = tf.constant(target)
             else:
+                assert isinstance(target, np.memmap)  # with self.path, the store is a file
                 target.flush()
                 self._images = target
 

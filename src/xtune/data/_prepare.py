@@ -23,6 +23,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from xtune import __version__, _atomic
 from xtune.data import _store
@@ -116,7 +117,8 @@ class PreparedData:
     def from_dict(cls, d: dict, root: Path | None = None) -> PreparedData:
         return cls(
             source=d["source"],
-            root=Path(root) if root is not None else (Path(d["root"]) if d.get("root") else None),
+            # None only in describe_data's scan of a folder not prepared (to_dict says null)
+            root=cast(Path, Path(root) if root is not None else (Path(d["root"]) if d.get("root") else None)),
             class_names=tuple(d["class_names"]),
             counts={s: {c: int(n) for c, n in cs.items()} for s, cs in d["counts"].items()},
             skipped=tuple(SkippedFile(s["path"], s["reason"]) for s in d.get("skipped", ())),
@@ -138,6 +140,12 @@ class _Source:
     kind: str  # "kaggle", "demo" or "folder"
     text: str  # canonical: what PreparedData.source says
     path: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The path of a folder source (the others have none)."""
+        assert self.path is not None, self.kind
+        return self.path
 
 
 def _parse_source(source) -> _Source:
@@ -191,7 +199,7 @@ def _prepared_name(src: _Source, settings: dict) -> str:
         return "dogs-vs-cats-" + "-".join(map(str, settings["split_sizes"])) + suffix
     if src.kind == "demo":
         return f"demo-digits-{_store.short_hash(settings)}"
-    return f"{_store.slug(src.path.name)}-{_store.short_hash([src.text, settings])}"
+    return f"{_store.slug(src.folder.name)}-{_store.short_hash([src.text, settings])}"
 
 
 # ---------------------------------------------------------------------------- public
@@ -335,8 +343,9 @@ def describe_data(
         (the last two: a scan, with ``root`` and ``prepared_at`` None).
     """
     src = _parse_source(source)
-    options = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "split_seed": split_seed,
-               "kaggle_split": kaggle_split, "max_image_bytes": max_image_bytes}
+    options: dict[str, Any] = {"validation_fraction": validation_fraction, "test_fraction": test_fraction,
+                               "split_seed": split_seed, "kaggle_split": kaggle_split,
+                               "max_image_bytes": max_image_bytes}
     try:
         prepared = load_prepared(source, data_dir=data_dir, **options)
     except DataError:
@@ -345,10 +354,10 @@ def describe_data(
         status = "not prepared"
     else:
         marker = _store.read_marker(prepared.root) or {}
-        if src.kind != "folder" or marker.get("listing") == listing_signature(src.path):
+        if src.kind != "folder" or marker.get("listing") == listing_signature(src.folder):
             return {"status": "prepared", **prepared.to_dict()}
         status = "changed"
-    record = _build_folder(src.path, _settings(src, **options), None)
+    record = _build_folder(src.folder, _settings(src, **options), None)
     record["source"] = src.text
     return {"status": status, **PreparedData.from_dict(record, root=None).to_dict()}
 
@@ -388,7 +397,7 @@ def _reusable(final: Path, src: _Source, settings: dict) -> PreparedData | None:
     marker = _store.read_marker(final)
     if marker is None or marker.get("format") != FORMAT or not _same_settings(marker.get("settings"), settings):
         return None
-    if src.kind == "folder" and marker.get("listing") != listing_signature(src.path):
+    if src.kind == "folder" and marker.get("listing") != listing_signature(src.folder):
         return None
     return PreparedData.from_dict(marker, root=final)
 
@@ -431,7 +440,7 @@ def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, pro
         record = _build_folder(folder, settings, tmp, progress)
         record.update(origin=_demo.ORIGIN, license=_demo.LICENSE)
         return record
-    return _build_folder(src.path, settings, tmp, progress)
+    return _build_folder(src.folder, settings, tmp, progress)
 
 
 def _build_folder(folder: Path, settings: dict, tmp: Path | None, progress=None) -> dict:
@@ -493,6 +502,7 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
     else:
         for cls in class_names:
             for s in usable[cls]:
+                assert s.entry.split is not None  # a split folder's files name their split
                 assigned[s.entry.split][cls].append(s)
         for split in SPLITS:
             if not any(assigned[split].values()):
@@ -515,7 +525,7 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
                         f"({format_size(settings['max_image_bytes'])}) skipped: --max-image-mb raises it")
     digest = hashlib.sha256("\n".join(class_names).encode())
     lines = []
-    counts = {}
+    counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         counts[split] = {}
         for cls in class_names:
@@ -530,6 +540,7 @@ def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: li
                     if os.path.lexists(dst):  # a file system that folds names further than _name_key
                         raise DataError(f"{s.entry.rel} and another file would both be {split}/{cls}/{name} in "
                                         f"the prepared copy on this file system; rename one of them")
+                    assert s.staged is not None  # staged: the scan wrote into tmp's staging folder
                     os.replace(s.staged, dst)
     for line in sorted(lines):
         digest.update(b"\n" + line.encode())

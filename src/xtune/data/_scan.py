@@ -386,20 +386,21 @@ def list_folder(root: Path) -> FolderListing:
     if "train" in top:
         layout = "split"
         dirs = {}
-        for split, names in _SPLIT_DIRS.items():
-            found = [n for n in names if n in top]
-            if not found:
+        for wanted, aliases in _SPLIT_DIRS.items():
+            present = [n for n in aliases if n in top]
+            if not present:
                 missing = [s for s, ns in _SPLIT_DIRS.items() if not any(n in top for n in ns)]
                 raise DataError(
                     f"{root} has train/ but no {' or '.join(m + '/' for m in missing)}: a split folder needs "
                     "train/, validation/ and test/, each with one sub-folder per class "
                     "(or give a folder of class sub-folders only, to split it)"
                 )
-            dirs[split] = found[0]
+            dirs[wanted] = present[0]
         others = [n for n in top if n not in dirs.values()]
         if others:
             warnings_.append(f"folders ignored (not train/, validation/ or test/): {', '.join(o + '/' for o in others)}")
-        groups = [(split, root / dirs[split], dirs[split] + "/") for split in SPLITS]
+        groups: list[tuple[str | None, Path, str]] = [(split, root / dirs[split], dirs[split] + "/")
+                                                      for split in SPLITS]
     else:
         layout = "classes"
         groups = [(None, root, "")]
@@ -437,7 +438,8 @@ def _walk(folder: Path) -> tuple[list[str], list[str]]:
     Files are anything but a folder (pipes and devices too: the scan says why they are
     skipped). Links to folders are not followed (they could lead anywhere, or loop).
     """
-    files, links = [], []
+    files: list[str] = []
+    links: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         rel_dir = PurePosixPath(Path(dirpath).relative_to(folder).as_posix())
 
@@ -498,6 +500,7 @@ def scan_entries(entries: list[Entry], staging: Path | None = None, workers: int
         if verdict.action == "skip":
             return Scanned(entry, verdict)
         out = verdict.payload if verdict.action == "convert" else raw
+        assert out is not None  # a "convert" verdict carries its payload
         staged = None
         if staging is not None:
             staged = staging / f"{index:08d}"

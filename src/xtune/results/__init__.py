@@ -4,6 +4,8 @@
 ``predict_images`` import Keras and TensorFlow when called.
 """
 
+from typing import TYPE_CHECKING
+
 from xtune.results._rows import (
     SearchResults,
     best_config,
@@ -14,6 +16,22 @@ from xtune.results._rows import (
     trial_config,
     trial_rows,
 )
+
+if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see them here
+    from xtune.results._export import (
+        CARD_FILE,
+        TOLERANCE,
+        ExportReport,
+        default_epochs,
+        default_export_dir,
+        export_model,
+        export_pareto,
+        verify_formats,
+    )
+    from xtune.results._metrics import classification_metrics
+    from xtune.results._predict import predict_images, read_card
+    from xtune.results._report import write_report
+    from xtune.spaces._batchnorm import reestimate_batch_norm
 
 __all__ = [
     "CARD_FILE",

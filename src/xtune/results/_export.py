@@ -23,13 +23,15 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xtune import _atomic
-from xtune._events import ExportEnded, ExportPhase, ExportStarted
+from xtune._events import Event, ExportEnded, ExportPhase, ExportStarted
 from xtune._owned import (
     EXPORT_ENTRIES,
     PARETO_DIR,
@@ -45,7 +47,7 @@ from xtune.results._card import render_card_markdown
 from xtune.results._metrics import classification_metrics
 from xtune.results._rows import best_trial, completed_trials, trial_config
 from xtune.results._rows import class_names as recorded_class_names
-from xtune.search._state import load_project
+from xtune.search._state import ProjectState, TrialState, load_project
 from xtune.spaces import PRESETS, MiniXceptionConfig
 
 CARD_FILE = "model_card.json"
@@ -105,11 +107,11 @@ def default_epochs(best_epoch: int, train_size: int, trained_size: int) -> int:
 class ExportJob:
     """What an export will do, decided before any data is loaded or anything trained."""
 
-    state: object
+    state: ProjectState
     out: Path
     name: str  # "searched", or the preset's name
     preset: str | None
-    trial: object | None  # the trial exported (None for a preset trained with --epochs)
+    trial: TrialState | None  # the trial exported (None for a preset trained with --epochs)
     config: MiniXceptionConfig
     retrain: str  # "auto", "always" or "never" (RETRAIN)
     train_on: str
@@ -130,8 +132,8 @@ def export_model(
     trial_id: str | None = None,
     overwrite: bool = False,
     data_dir: Path | None = None,
-    progress=None,
-    splits=None,
+    progress: Callable[[Event], None] | None = None,
+    splits: Any = None,
     latency: bool = False,
 ) -> ExportReport:
     """Retrain the best configuration of a search (or a preset), test it and export it.
@@ -234,16 +236,21 @@ def plan_export(project: Path, *, out, epochs, train_on, retrain, preset, trial_
         raise UsageError(f"--epochs must be at least 1; got {epochs}")
     out = Path(out) if out is not None else default_export_dir(project, preset)
     check_export_folder(out, state, data_dir, overwrite)
-    trial = None
+    trial: TrialState | None = None
     if trial_id is not None:
         if preset is not None:
             raise UsageError("--trial picks the configuration to export; a preset is another one (drop one of them)")
         trial = _completed_trial(state, trial_id)
     elif preset is None or epochs is None:
         trial = best_trial(state)  # ProjectError when no trial has completed
-    config = PRESETS[preset] if preset is not None else trial_config(state, trial)
+    if preset is not None:
+        config = PRESETS[preset]
+    else:
+        assert trial is not None  # without a preset, --trial or the best trial was picked above
+        config = trial_config(state, trial)
     checkpoint = project / f"trial_{trial.trial_id}" / CHECKPOINT if trial is not None else None
-    if retrain == "never" and not checkpoint.is_file():
+    if retrain == "never" and (checkpoint is None or not checkpoint.is_file()):
+        assert trial is not None  # --no-retrain refuses a preset above, so a trial was picked
         raise ProjectError(f"trial {trial.trial_id} has no checkpoint ({checkpoint}); export it with retraining")
     best_epoch = lineage_best_epoch(state, trial) if trial is not None else 1
     # The trial's own seed (as the tuner set it): a first-round trial retrained on
@@ -337,6 +344,7 @@ def train_candidate(job: ExportJob, splits, emit) -> Candidate:
     trained = int(splits.sizes["train"]) + (int(splits.sizes["validation"]) if job.train_on == "train+val" else 0)
     emit(ExportPhase("train", f"training {job.epochs} epoch(s) on {job.train_on} ({trained} images, "
                               f"{steps} steps/epoch)"))
+    assert job.epochs is not None  # load_export_data decides it before any training
     history = _fit(model, train_data, steps, job.epochs, None if job.train_on == "train+val" else splits.validation,
                    job.seed, emit)
     return Candidate("retrained", model, history, time.monotonic() - started, (train_data, steps))
@@ -344,6 +352,7 @@ def train_candidate(job: ExportJob, splits, emit) -> Candidate:
 
 def checkpoint_candidate(job: ExportJob, splits, emit) -> Candidate:
     """The search's own checkpoint of the trial (its best epoch), loaded."""
+    assert job.trial is not None and job.checkpoint is not None  # only a trial's checkpoint is a candidate
     emit(ExportPhase("load", f"loading the best epoch of trial {job.trial.trial_id}"))
     started = time.monotonic()
     model = _fresh_model(job, splits)
@@ -420,6 +429,7 @@ def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, 
     """What the exported model is, how it was trained, how it tests (``model_card.json``)."""
     names = list(splits.class_names)
     settings, trial = job.state.settings, job.trial
+    trial_id = trial.trial_id if trial is not None else None  # a searched export always has its trial
     input_shape = (settings.image_size, settings.image_size, 3)
     sizes = {k: int(v) for k, v in dict(splits.sizes).items()}
     return {
@@ -428,8 +438,8 @@ def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, 
         "name": job.name,
         "model": {
             "source": (f"preset {job.preset!r} (xtune.spaces.PRESETS)" if job.preset is not None
-                       else f"trial {trial.trial_id} of the search in {job.state.path}"),
-            "trial_id": trial.trial_id if job.preset is None else None,
+                       else f"trial {trial_id} of the search in {job.state.path}"),
+            "trial_id": trial_id if job.preset is None else None,
             "config": job.config.to_dict(),
             "widths": list(job.config.widths),
             "params": int(inference.count_params()),
@@ -532,7 +542,7 @@ def _check_writable(folder: Path) -> None:
                            "make it writable or choose another --out") from None
 
 
-def _completed_trial(state, trial_id: str):
+def _completed_trial(state: ProjectState, trial_id: str) -> TrialState:
     wanted = str(trial_id).zfill(4) if str(trial_id).isdigit() else str(trial_id)
     for trial in completed_trials(state):
         if trial.trial_id == wanted:
@@ -686,7 +696,7 @@ def verify_formats(folder: Path, images: np.ndarray, reference: np.ndarray, tole
     images = np.asarray(images, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     loaders = {"model.keras": _predict_keras, "saved_model": _predict_saved_model, "model.tflite": _predict_tflite}
-    report = {"tolerance": tolerance, "images": len(images)}
+    report: dict[str, Any] = {"tolerance": tolerance, "images": len(images)}
     for fmt, predict in loaders.items():
         try:
             outputs = np.asarray(predict(folder, images), dtype=np.float32)
@@ -743,8 +753,9 @@ def tflite_latency(path: Path, image: np.ndarray, repeats: int = 50, warmup: int
             "what": "TFLite interpreter, one thread, one image, median of repeated runs after warm-up"}
 
 
-def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: bool = False, progress=None,
-                  latency: bool = True, retrain="auto") -> list[ExportReport]:
+def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: bool = False,
+                  progress: Callable[[Event], None] | None = None, latency: bool = True,
+                  retrain: str | bool = "auto") -> list[ExportReport]:
     """Export every member of the accuracy-vs-size front into its own folder, side by side.
 
     Each goes to ``runs/NAME/export-pareto/trial_NNNN/`` (an ordinary export, with its
@@ -760,12 +771,18 @@ def export_pareto(project: Path, *, data_dir: Path | None = None, overwrite: boo
     if not front:
         best_trial(state)  # the ProjectError that says no trial has completed
     folder = Path(project) / PARETO_DIR
+
+    def exported(r: ExportReport) -> TrialState:
+        trial = state.trial(r.card["model"]["trial_id"])
+        assert trial is not None  # exported just now from this state's front
+        return trial
+
     reports = [export_model(project, out=folder / f"trial_{trial.trial_id}", trial_id=trial.trial_id,
                             overwrite=overwrite, data_dir=data_dir, progress=progress, latency=latency,
                             retrain=retrain) for trial in front]
-    table = [{"trial_id": r.card["model"]["trial_id"], "score": state.trial(r.card["model"]["trial_id"]).score,
+    table = [{"trial_id": r.card["model"]["trial_id"], "score": exported(r).score,
               "test_accuracy": r.test["accuracy"], "params": r.card["model"]["params"],
-              "flops": trial_flops(state, state.trial(r.card["model"]["trial_id"])),
+              "flops": trial_flops(state, exported(r)),
               "latency_ms": (r.card.get("latency") or {}).get("median_ms"), "folder": str(r.out)} for r in reports]
     _atomic.write_json(folder / "front.json", {"objective": state.objective, "front": table})
     return reports
@@ -816,7 +833,7 @@ def _search_summary(state, trial) -> dict:
         "trials_failed": sum(1 for t in state.trials if t.status == "FAILED"),
         "finished": state.finished is not None,
         "best_trial": best.trial_id if best else None,
-        "best_score": float(best.score) if best else None,
+        "best_score": float(best.score) if best and best.score is not None else None,
         "exported_trial": trial.trial_id if trial else None,
         "exported_trial_score": float(trial.score) if trial and trial.score is not None else None,
         "exported_trial_best_epoch": trial.record.best_epoch if trial else None,

@@ -104,7 +104,8 @@ def predict_images(model_dir: Path, paths: list[Path]) -> list[dict]:
     card = read_card(model_dir)
     names = list(card["class_names"])
     height, width = card["model"]["input_shape"][:2]
-    records, images, where = [], [], []
+    records: list[dict] = []
+    images, where = [], []
     for path in paths:
         try:
             images.append(load_image(path, (height, width)))

@@ -142,7 +142,7 @@ def _curves(state, completed):
     by_id = {t.trial_id: t for t in state.trials}
     fig = go.Figure()
     for k, r in enumerate(completed[:5]):
-        history = {}
+        history: dict[int, dict] = {}
         trial = by_id[r["trial_id"]]
         while trial is not None:  # the lineage: the trial and its parents
             for h in trial.record.history:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from xtune.errors import ProjectError
 from xtune.search._state import ProjectState, TrialState, load_project
@@ -152,7 +153,8 @@ def pareto_front(state: ProjectState) -> list[TrialState]:
     """
     ranked = state.ranked()
     sign = -1.0 if state.maximize else 1.0
-    costs = {t.trial_id: (sign * t.score, trial_params(state, t) or 0, trial_flops(state, t) or 0) for t in ranked}
+    costs = {t.trial_id: (sign * cast(float, t.score),  # ranked() keeps the trials with a score only
+                          trial_params(state, t) or 0, trial_flops(state, t) or 0) for t in ranked}
 
     def dominates(a, b):
         x, y = costs[a.trial_id], costs[b.trial_id]
@@ -181,7 +183,7 @@ def trial_rows(state: ProjectState) -> list[dict]:
     rank_of = {t.trial_id: i for i, t in enumerate(ranked, start=1)}
     interrupted = {t.trial_id for t in state.interrupted}
     second = tie_breaker(state.objective)
-    rows = []
+    rows: list[dict] = []
     for t in state.trials:
         record = t.record
         status = t.status
@@ -226,6 +228,7 @@ def best_config(state: ProjectState) -> dict:
         ProjectError: No trial has completed yet.
     """
     trial = best_trial(state)
+    assert trial.score is not None  # the best is ranked: it has a score
     config = trial_config(state, trial)
     names = class_names(state)
     size = state.settings.image_size

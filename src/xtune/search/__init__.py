@@ -5,11 +5,18 @@ so a search runs on any Keras backend given data that ``model.fit`` accepts. Eve
 use of KerasTuner's internals is in ``_kt`` (the seam). See docs/ARCHITECTURE.md.
 """
 
+from typing import TYPE_CHECKING
+
 from xtune.search._board import start_tensorboard
 from xtune.search._plan import Bracket, HyperbandPlan, Round, hyperband_plan
 from xtune.search._progress import SearchProgress
 from xtune.search._project import ProjectLock, SearchSettings
 from xtune.search._state import ProjectState, TrialRecord, TrialState, load_project, rank_key, search_status
+
+if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see them here
+    from xtune.search._launch import SearchRequest, start_search, start_worker
+    from xtune.search._run import SearchOutcome, make_tuner, resolve_settings, run_search
+    from xtune.search._worker import WorkerRequest
 
 __all__ = [
     "Bracket",

@@ -19,6 +19,7 @@ the objective at the trial's best epoch under its own name (``val_accuracy`` or
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from xtune.errors import XtuneError
@@ -74,7 +75,7 @@ def hparams(space, plan, hparams_api) -> list:
 
 def trial_hparam_values(space, plan, values: dict, bracket, round_num) -> dict:
     """column name -> value of every column for one trial (inactive ones: ``INACTIVE``)."""
-    row = {}
+    row: dict[str, str | bool] = {}
     for name, display, _, _ in columns(space, plan):
         if display == "bracket":
             row[name] = str(int(bracket or 0))
@@ -130,7 +131,7 @@ def write_trial_result(logs_dir: Path, trial_id: str, bracket, round_num, object
                 tf.summary.scalar(name, float(value), step=step)
 
 
-def start_tensorboard(logdir: Path, port: int = 6006, host: str = "localhost"):
+def start_tensorboard(logdir: Path, port: int = 6006, host: str = "localhost") -> tuple[str, Callable[[], None]]:
     """Serve TensorBoard on ``logdir`` in this process.
 
     Args:

@@ -112,6 +112,7 @@ class EpochState(keras.callbacks.Callback):
     def _write(self, epochs_done: int, current: list) -> None:
         import io
 
+        assert self.folder is not None and self.best_arrays is not None  # on_epoch_end: backups on, a best kept
         arrays = {f"c{i}": a for i, a in enumerate(current)}
         if self.best_arrays is not current:
             arrays.update({f"b{i}": a for i, a in enumerate(self.best_arrays)})
@@ -171,7 +172,7 @@ class ValidateEachEpoch(keras.callbacks.Callback):
         self.batches = batches
         self.count = max(1, min(int(steps), max_batches))
         self.refresh = refresh
-        self._layers = None
+        self._layers: list | None = None
 
     def on_train_begin(self, logs=None):
         from xtune.spaces._batchnorm import batch_norm_layers
@@ -244,12 +245,13 @@ class EpochEvents(keras.callbacks.Callback):
         self.trial_id = trial_id
         self.total_epochs = total_epochs
         self.worker = worker
-        self._start = None
+        self._start: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        assert self._start is not None  # Keras begins each epoch before ending it
         self.emit(EpochEnded(self.trial_id, epoch + 1, self.total_epochs, time.monotonic() - self._start,
                              {k: float(v) for k, v in (logs or {}).items()}, worker=self.worker))
 

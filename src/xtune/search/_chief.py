@@ -247,7 +247,7 @@ class _OracleWatcher:
                 self._epochs(trial_id, values)
                 continue
             self.running[trial_id] = tuner_id
-            initial = values.get("tuner/initial_epoch", 0) or 0
+            initial: int = values.get("tuner/initial_epoch", 0) or 0
             done = (self._backup(trial_id) or {}).get("epochs_done", initial)
             self.last_epoch.setdefault(trial_id, done)  # epochs before this session are counted already
             self.emit(TrialStarted(trial_id, space_values(values), values.get("tuner/bracket"),

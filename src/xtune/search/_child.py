@@ -86,10 +86,10 @@ def _run(role: str, spec: dict, emit, stop_event) -> tuple[str, dict]:
     if role == "worker":
         from xtune.search._worker import WorkerRequest, run_worker
 
-        outcome = run_worker(WorkerRequest.from_dict(spec), progress=emit, stop_event=stop_event,
-                             recycle_mb=recycle_mb())
-        return outcome.status, {"trials": outcome.trials, "message": outcome.message, "trial_id": outcome.trial_id,
-                                "worker_id": outcome.worker_id}
+        summary = run_worker(WorkerRequest.from_dict(spec), progress=emit, stop_event=stop_event,
+                             recycle_mb=recycle_mb())  # a WorkerOutcome; the others' are SearchOutcomes
+        return summary.status, {"trials": summary.trials, "message": summary.message, "trial_id": summary.trial_id,
+                                "worker_id": summary.worker_id}
     from xtune.search._launch import SearchRequest
 
     request = SearchRequest.from_dict(spec)

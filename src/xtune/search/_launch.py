@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xtune._events import (
     BatchProgress,
@@ -34,10 +36,13 @@ from xtune._events import (
     TrialStarted,
     WorkersStarted,
 )
-from xtune._process import ChildSpec, Supervisor
+from xtune._process import Child, ChildSpec, Supervisor
 from xtune.errors import DataError, ProjectError, SpaceError, UsageError, XtuneError
 from xtune.search._project import SearchSettings, read_run
 from xtune.search._run import SearchOutcome, search_outcome
+
+if TYPE_CHECKING:
+    from xtune.search._worker import WorkerOutcome, WorkerRequest
 
 _ERRORS = {cls.__name__: cls for cls in (UsageError, SpaceError, DataError, ProjectError, XtuneError)}
 WORKER_GRACE = 30.0  # seconds finished workers get to hear from the chief that the plan is done
@@ -150,7 +155,8 @@ def assign_gpus(gpus, workers: int) -> list[str | None]:
     if len(gpus) < workers:
         return [gpus[k % len(gpus)] for k in range(workers)]
     size, extra = divmod(len(gpus), workers)
-    groups, start = [], 0
+    groups: list[str | None] = []
+    start = 0
     for k in range(workers):
         end = start + size + (1 if k < extra else 0)
         groups.append(",".join(gpus[start:end]))
@@ -212,8 +218,8 @@ class _Launch:
         self.request = request
         self.progress = progress or (lambda event: None)
         self.supervisor = Supervisor(self._on_event, on_output, self._on_done, stop_event)
-        self.primary = None
-        self.workers = []
+        self.primary: Child | None = None
+        self.workers: list[Child] = []
         self.running: dict[str, str] = {}  # worker name -> trial id
         self.fatal: XtuneError | None = None
         self.stopped: str | None = None
@@ -265,6 +271,7 @@ class _Launch:
         from xtune.search._worker import WorkerRequest
 
         request = self.request
+        assert request.workers is not None  # "workers" mode
         for k in range(1, request.workers + 1):
             spec = WorkerRequest(str(request.path), f"127.0.0.1:{port}", str(k), request.data_dir,
                                  request.mixed_precision, request.strategy).to_dict()
@@ -274,11 +281,12 @@ class _Launch:
             log = request.path / "cluster" / f"worker-{k}.log"
             self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker", spec, None, env, log,
                                                                 stage=0)))
+        assert self.primary is not None  # the chief that serves them
         self.progress(WorkersStarted({"pid": self.primary.pid, "address": f"127.0.0.1:{port}"},
                                      [{"worker": w.name, "pid": w.pid, "gpus": g, "threads": self.threads}
                                       for w, g in zip(self.workers, self.groups)]))
 
-    def _on_done(self, child) -> None:
+    def _on_done(self, child: Child) -> None:
         if child is self.primary:
             finished = child.outcome is not None and child.outcome.status in ("finished", "already finished")
             if finished and any(not w.done for w in self.workers):
@@ -292,6 +300,7 @@ class _Launch:
         if child.error is not None and child.error.error in _ERRORS:
             self.fatal = _ERRORS[child.error.error](child.error.message)
         elif status == "stopped":
+            assert child.outcome is not None  # the status is the outcome's
             self.stopped = child.outcome.details.get("message")
         elif status in ("interrupted", "chief lost") and self.supervisor._stopping:
             return
@@ -306,6 +315,7 @@ class _Launch:
         primary, project = self.primary, self.request.path
         if self.fatal is not None:
             raise self.fatal
+        assert primary is not None  # run() started it
         if primary.error is not None:
             raise _ERRORS.get(primary.error.error, XtuneError)(primary.error.message)
         if primary.outcome is None:
@@ -340,8 +350,9 @@ def _quote(text) -> str:
     return shlex.quote(str(text))
 
 
-def start_search(request: SearchRequest, progress=None, *, stop_event: threading.Event | None = None,
-                 on_output=None) -> SearchOutcome:
+def start_search(request: SearchRequest, progress: Callable[[Event], None] | None = None, *,
+                 stop_event: threading.Event | None = None,
+                 on_output: Callable[[Child, str, bool], None] | None = None) -> SearchOutcome:
     """Run the search of ``request`` in supervised child processes, in the mode it asks for.
 
     Args:
@@ -382,7 +393,9 @@ def _with_auto_workers(request: SearchRequest) -> SearchRequest:
     return dataclasses.replace(request, workers=workers, gpus=gpus, auto=why)
 
 
-def start_worker(request, progress=None, *, stop_event: threading.Event | None = None, on_output=None):
+def start_worker(request: WorkerRequest, progress: Callable[[Event], None] | None = None, *,
+                 stop_event: threading.Event | None = None,
+                 on_output: Callable[[Child, str, bool], None] | None = None) -> WorkerOutcome:
     """Run `tune worker` in a supervised child process (restarted after a crash or to release memory).
 
     Returns:

@@ -117,7 +117,8 @@ class HyperbandPlan:
 
 # KerasTuner's HyperbandOracle formulas (keras_tuner/src/tuners/hyperband.py, 1.4.8).
 def _num_brackets(max_epochs: int, factor: int, min_epochs: float = 1) -> int:
-    epochs, brackets = max_epochs, 0
+    epochs: float = max_epochs
+    brackets = 0
     while epochs >= min_epochs:
         epochs = epochs / factor
         brackets += 1

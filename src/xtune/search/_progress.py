@@ -12,6 +12,7 @@ not extrapolated from the first ones' pace. Several workers divide the time left
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from xtune._events import EpochEnded, Event, SearchStarted, TrialEnded, TrialStarted
 
@@ -19,7 +20,7 @@ from xtune._events import EpochEnded, Event, SearchStarted, TrialEnded, TrialSta
 class SearchProgress:
     """Folds a search's events into what a user wants to see while it runs."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.start = clock()
         self.plan: dict | None = None
@@ -70,7 +71,8 @@ class SearchProgress:
             if started is not None:
                 self._overhead += max(self.clock() - started - self._trial_epoch_seconds.pop(event.trial_id, 0.0), 0.0)
                 self._trials += 1
-            better = self.best is None or (event.score > self.best if self.maximize else event.score < self.best)
+            better = self.best is None or (event.score is not None and (
+                event.score > self.best if self.maximize else event.score < self.best))
             if event.status == "COMPLETED" and event.score is not None and better:
                 self.best = event.score
 

@@ -24,12 +24,18 @@ import os
 import platform
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xtune import _atomic
 from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan, hyperband_plan
+
+if TYPE_CHECKING:
+    from xtune._events import WaitingForLock
+    from xtune.spaces._budget import Budget
 
 RUN_FILE = "run.json"
 FINISHED_FILE = "finished.json"
@@ -92,7 +98,7 @@ class SearchSettings:
     def plan(self) -> HyperbandPlan:
         return hyperband_plan(self.max_trials, self.max_epochs, self.factor, self.brackets_per_iteration)
 
-    def budget(self):
+    def budget(self) -> Budget:
         """The size budget (``xtune.spaces.Budget``)."""
         from xtune.spaces._budget import Budget
 
@@ -150,7 +156,7 @@ def read_run(project: Path) -> dict:
     return run
 
 
-def settings_conflicts(stored: SearchSettings, given: dict) -> list[tuple[str, object, object]]:
+def settings_conflicts(stored: SearchSettings, given: dict) -> list[tuple[str, Any, Any]]:
     """(name, given, stored) for each explicitly given setting that differs from run.json."""
     out = []
     for name, value in given.items():
@@ -183,11 +189,11 @@ class ProjectLock:
 
     ORPHAN_WAIT = 60.0
 
-    def __init__(self, project: Path, on_wait=None):
+    def __init__(self, project: Path, on_wait: Callable[[WaitingForLock], None] | None = None):
         self.project = Path(project)
         self.path = self.project / LOCK_FILE
         self.on_wait = on_wait or (lambda event: None)
-        self._fd = None
+        self._fd: int | None = None
 
     def acquire(self) -> ProjectLock:
         import time

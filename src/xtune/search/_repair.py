@@ -171,6 +171,7 @@ def _rebuild_oracle(project: Path, plan: HyperbandPlan, oracle, trials: dict, sp
         runs[t] = 1
     _kt.retry_queue(oracle).extend(t for t in ids if trials[t].status not in ENDED)
     placed: dict[str, int] = {}
+    index: int | None  # the trial's bracket: None when its parent is gone
     for trial_id in ids:
         values = trials[trial_id].hyperparameters.values
         round_num = values.get("tuner/round", 0) or 0

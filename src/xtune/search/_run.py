@@ -15,11 +15,13 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xtune import _atomic
-from xtune._events import SearchStarted
+from xtune._events import Event, SearchStarted
 from xtune._owned import (
     SEARCH_ENTRIES,
     SEARCH_MARKER,
@@ -44,6 +46,10 @@ from xtune.search._project import (
     write_run,
 )
 from xtune.search._state import load_project
+
+if TYPE_CHECKING:
+    from xtune.search._tuner import SearchTuner
+    from xtune.spaces import SearchSpace
 
 FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
 FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures",
@@ -108,7 +114,8 @@ def search_outcome(project: Path, status: str, plan: HyperbandPlan, resumed: boo
 # -- settings ------------------------------------------------------------------------------------
 
 
-def resolve_settings(project: Path, given: dict, *, space_ref=None, overwrite: bool = False):
+def resolve_settings(project: Path, given: dict, *, space_ref: str | Path | SearchSpace | None = None,
+                     overwrite: bool = False) -> tuple[SearchSettings, SearchSpace, dict | None]:
     """The settings and space of a search: from run.json on resume, else from ``given``.
 
     Args:
@@ -301,7 +308,8 @@ def build_oracle(settings: SearchSettings, space, num_classes: int, run: dict | 
     return PlannedHyperbandOracle(keras_tuner.Objective(settings.objective, direction), settings.plan(), sampler)
 
 
-def make_tuner(project: Path, settings: SearchSettings, space, splits, *, oracle=None, **tuner_kwargs):
+def make_tuner(project: Path, settings: SearchSettings, space: SearchSpace, splits: Any, *, oracle: Any = None,
+               **tuner_kwargs: Any) -> SearchTuner:
     """Create the KerasTuner state in ``project``, or reload it. Never deletes.
 
     Call inside ``_kt.patched()``. A new search saves its state before the first
@@ -332,19 +340,19 @@ def run_search(
     project: Path,
     given: dict,
     *,
-    space_ref=None,
+    space_ref: str | Path | SearchSpace | None = None,
     data_dir: Path | None = None,
     archive: Path | None = None,
     overwrite: bool = False,
-    progress=None,
+    progress: Callable[[Event], None] | None = None,
     mixed_precision: str = "auto",
     epoch_backups: bool = True,
     tensorboard: bool = True,
-    splits=None,
+    splits: Any = None,
     data_info: dict | None = None,
     stop_event: threading.Event | None = None,
     strategy: str | None = None,
-    chief=None,
+    chief: Any = None,
     recycle_mb: float | None = None,
     refresh_batch_norm: bool = True,
     warm_start: tuple | None = None,

@@ -35,7 +35,8 @@ def objective_is_max(objective: str) -> bool:
     return not objective.endswith("loss")
 
 
-def rank_key(objective: str, maximize: bool, score, val_loss, val_accuracy, params, trial_id: str) -> tuple:
+def rank_key(objective: str, maximize: bool, score: float | None, val_loss: float | None,
+             val_accuracy: float | None, params: int | None, trial_id: str) -> tuple:
     """The order of trials, best first: the objective, then the tie-breakers.
 
     Ties on the objective (one validation image is a big step on a small set) go to

@@ -109,7 +109,7 @@ class SearchTuner(keras_tuner.Tuner):
         self.max_consecutive_failures = max_consecutive_failures
         self._consecutive_failures = 0
         self.recycle_mb = recycle_mb
-        self._rss_base = None
+        self._rss_base: float | None = None
         self.worker = None if tuner_id == "tuner0" else tuner_id
         project_dir = Path(project_dir)
         self.reloaded = (project_dir / f"{tuner_id}.json").exists()
@@ -268,6 +268,7 @@ class SearchTuner(keras_tuner.Tuner):
         _end_run(record, started)
         record.history, record.best_epoch = history, best["epoch"]
         record.write(path)
+        assert record.params is not None  # _prepare_model counted them
         return {**{k: v for k, v in best.items() if k != "epoch"}, "params": float(record.params)}
 
     def _prepare_model(self, trial, record: TrialRecord, backup: dict | None, start: int):
@@ -293,6 +294,7 @@ class SearchTuner(keras_tuner.Tuner):
 
     def _fit(self, trial, model, state: EpochState, record: TrialRecord, start: int) -> None:
         trial_id, epochs = trial.trial_id, record.epochs
+        assert epochs is not None and record.seed is not None  # _start_record sets both
         # Order matters at epoch end: validate first (its results join the logs that
         # the others see), then time the epoch (what follows is overhead), refuse a NaN
         # epoch before it is kept.

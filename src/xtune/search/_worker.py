@@ -118,8 +118,8 @@ class _WorkerSlot:
     def __init__(self, project: Path, worker_id: str | None):
         self.project = Path(project)
         self.asked = check_worker_id(worker_id) if worker_id is not None else None
-        self.worker_id = None
-        self._fd = None
+        self.worker_id: str | None = None
+        self._fd: int | None = None
 
     @property
     def tuner_id(self) -> str:
@@ -373,6 +373,7 @@ def run_worker(request: WorkerRequest, *, progress=None, stop_event: threading.E
     emit = progress or (lambda event: None)
     stop_event = stop_event or threading.Event()
     with stop_on_signals(stop_event), _WorkerSlot(project, request.worker_id) as slot:
+        assert slot.worker_id is not None  # entering the slot took an id
         outcome = WorkerOutcome(slot.worker_id, "finished")
         emit(WorkerStarted(slot.tuner_id, str(project), f"{host}:{port}"))
         from xtune.search._callbacks import SearchInterrupted

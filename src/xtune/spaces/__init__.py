@@ -4,6 +4,8 @@ Pure Keras 3 and KerasTuner: nothing here imports TensorFlow, so models build an
 train on any Keras backend. Keras is imported lazily, on first build.
 """
 
+from typing import TYPE_CHECKING
+
 from xtune.spaces._builder import MIN_IMAGE_SIZE, build_model, compile_model, count_flops, count_params, output_units
 from xtune.spaces._config import PRESETS, MiniXceptionConfig
 from xtune.spaces._describe import describe_space
@@ -18,6 +20,9 @@ from xtune.spaces._space import (
     load_space,
     narrow_space,
 )
+
+if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see them here
+    from xtune.spaces._hypermodel import MiniXceptionHyperModel, sample_config
 
 __all__ = [
     "DEFAULT_SPACE",

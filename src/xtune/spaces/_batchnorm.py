@@ -7,6 +7,11 @@ Used where a model is judged or shipped: the search, before each epoch's validat
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
 
 
 def batch_norm_layers(model) -> list:
@@ -21,7 +26,8 @@ def reestimation_steps(steps_per_epoch: int) -> int:
     return max(steps_per_epoch, min(5 * steps_per_epoch, 100))
 
 
-def reestimate_batch_norm(model, batches, steps: int | None = None, forward=None) -> int:
+def reestimate_batch_norm(model: keras.Model, batches: Iterable[Any], steps: int | None = None,
+                          forward: Callable[[Any], object] | None = None) -> int:
     """Set every batch-norm layer's moving statistics to their training-data averages.
 
     With few steps per epoch the moving statistics (momentum 0.99) still carry the

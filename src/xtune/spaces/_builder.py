@@ -5,7 +5,12 @@ Pure Keras 3 (``keras.layers``), so a model builds and trains on any backend.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from xtune.spaces._config import MiniXceptionConfig
+
+if TYPE_CHECKING:
+    import keras
 
 MIN_IMAGE_SIZE = 16
 
@@ -25,7 +30,7 @@ def build_model(
     augmentation: bool = True,
     strided_projection: bool = True,
     name: str = "mini_xception",
-):
+) -> keras.Model:
     """Build one member of the mini-Xception family.
 
     Layer names are systematic (``stem_conv``, ``stage{i}_sepconv{j}``,
@@ -107,7 +112,7 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
-def compile_model(model, config: MiniXceptionConfig):
+def compile_model(model: keras.Model, config: MiniXceptionConfig) -> keras.Model:
     """Compile a built model with the config's optimizer and the matching loss.
 
     One sigmoid output -> binary cross-entropy; a softmax -> sparse categorical
@@ -131,7 +136,8 @@ def compile_model(model, config: MiniXceptionConfig):
     return model
 
 
-def count_params(config: MiniXceptionConfig, input_shape=(180, 180, 3), num_classes: int = 2) -> int:
+def count_params(config: MiniXceptionConfig, input_shape: tuple[int, int, int] = (180, 180, 3),
+                 num_classes: int = 2) -> int:
     """The parameter count of ``build_model(config, input_shape, num_classes)``, without Keras.
 
     Exact (batch-norm moving statistics included, as ``model.count_params()`` counts
@@ -161,7 +167,8 @@ def count_params(config: MiniXceptionConfig, input_shape=(180, 180, 3), num_clas
     return total + c * units + units
 
 
-def count_flops(config: MiniXceptionConfig, input_shape=(180, 180, 3), num_classes: int = 2) -> int:
+def count_flops(config: MiniXceptionConfig, input_shape: tuple[int, int, int] = (180, 180, 3),
+                num_classes: int = 2) -> int:
     """Floating-point operations of one forward pass of one image through ``build_model(config, ...)``.
 
     Two per multiply-add of every convolution and of the classifier (the usual

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 CONV_TYPES = ("separable", "standard")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
@@ -107,7 +108,7 @@ class MiniXceptionConfig:
             raise ValueError(f"MiniXceptionConfig has no field {', '.join(map(repr, unknown))}")
         return cls(**values)
 
-    def replace(self, **changes) -> MiniXceptionConfig:
+    def replace(self, **changes: Any) -> MiniXceptionConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import keras_tuner
 
 from xtune.spaces._builder import build_model, compile_model
 from xtune.spaces._config import MiniXceptionConfig
 from xtune.spaces._space import DEFAULT_SPACE, Choice, FloatRange, IntRange, SearchSpace
+
+if TYPE_CHECKING:
+    import keras
 
 
 def sample_config(hp: keras_tuner.HyperParameters, space: SearchSpace = DEFAULT_SPACE) -> MiniXceptionConfig:
@@ -24,7 +29,7 @@ def sample_config(hp: keras_tuner.HyperParameters, space: SearchSpace = DEFAULT_
     Returns:
         The sampled, validated configuration.
     """
-    values = {}
+    values: dict[str, Any] = {}
     for spec in space.specs:
         if spec.condition:
             parent, parent_values = spec.condition
@@ -61,12 +66,13 @@ class MiniXceptionHyperModel(keras_tuner.HyperModel):
         space: The search space (the whole family by default).
     """
 
-    def __init__(self, input_shape=(180, 180, 3), num_classes: int = 2, space: SearchSpace = DEFAULT_SPACE, **kwargs):
+    def __init__(self, input_shape: tuple[int, int, int] = (180, 180, 3), num_classes: int = 2,
+                 space: SearchSpace = DEFAULT_SPACE, **kwargs: Any):
         super().__init__(name=kwargs.pop("name", "mini_xception"), **kwargs)
-        self.input_shape = tuple(input_shape)
+        self.input_shape = cast("tuple[int, int, int]", tuple(input_shape))  # a list is accepted too
         self.num_classes = num_classes
         self.space = space
 
-    def build(self, hp):
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         config = sample_config(hp, self.space)
         return compile_model(build_model(config, self.input_shape, self.num_classes, strided_projection=False), config)

@@ -144,7 +144,8 @@ class SearchSpace:
 
     def default_config(self) -> MiniXceptionConfig:
         """The configuration made of every spec's default."""
-        return MiniXceptionConfig(**{s.name: s.default for s in self.specs})
+        values: dict[str, Any] = {s.name: s.default for s in self.specs}
+        return MiniXceptionConfig(**values)
 
     def num_configurations(self, group: str | None = None) -> int:
         """Distinct configurations, counting a conditional value only where it is active.
@@ -162,6 +163,7 @@ class SearchSpace:
             if child is None:
                 total *= len(spec.all_values())
             else:
+                assert child.condition is not None  # children holds conditional specs only
                 n_child = len(child.all_values())
                 total *= sum(n_child if v in child.condition[1] else 1 for v in spec.all_values())
         return total
@@ -196,7 +198,7 @@ class SearchSpace:
         each hyperparameter at its extreme.
         """
         pick = max if largest else min
-        values = {}
+        values: dict[str, Any] = {}
         for spec in self.specs:
             if spec.group != "architecture":
                 values[spec.name] = spec.default
@@ -278,7 +280,7 @@ def _narrow(spec: Spec, override: Any, label: str) -> Spec:
     where = f"{label}: {spec.name}"
     allowed = spec.all_values()
     allowed_text = spec.describe()
-    default = None
+    default: Any = None
     if isinstance(override, dict):
         extra = set(override) - {"min", "max", "values", "default"}
         if extra:
