@@ -253,7 +253,7 @@ def _chained(outer, inner, how):
         except BaseException as error:
             if how == "cause":
                 raise outer from error
-            raise outer
+            raise outer  # noqa: B904 - the case without an explicit cause is what this tests
     except BaseException as error:
         return error
 

@@ -9,7 +9,7 @@ HEAVY = ("tensorflow", "keras", "keras_tuner", "kaggle")
 
 
 def test_importing_cli_loads_no_heavy_module():
-    code = "import sys, xtune.cli; print(' '.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    code = f"import sys, xtune.cli; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -22,7 +22,7 @@ def test_info_on_a_folder_with_bad_files_exits_0_and_lists_each_one(tmp_path, da
         assert result.exit_code == 0, result.output
         assert ("prepared in" in result.output) is prepared
         for name, (_, expected) in bad_files().items():
-            action, detail = expected.split(":", 1)
+            _action, detail = expected.split(":", 1)
             line = next(line for line in result.output.splitlines() if line.startswith(f"cat/{name} "))
             assert detail in line
         assert "warning: empty class folder 'empty' ignored" in result.output

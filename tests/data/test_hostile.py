@@ -18,8 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xtune.cli import tune
-from xtune.data import DataError, load_prepared, prepare_data
-from xtune.data import _archive, _scan
+from xtune.data import DataError, _archive, _scan, load_prepared, prepare_data
 from xtune.errors import UsageError
 
 from .images import bomb_png, image_bytes, kaggle_zip, make_classes_folder, set_declared_size, write
@@ -146,7 +145,7 @@ def test_a_link_leaving_the_folder_is_followed_only_to_a_regular_file(tmp_path, 
     prepared = prepare_data(folder, data_dir=data_dir)
     assert [(s.path, s.reason) for s in prepared.skipped] == [
         ("cat/chain.jpg", "not a regular file (character device)")]
-    copies = [p for p in prepared.root.rglob("linked.jpg")]
+    copies = list(prepared.root.rglob("linked.jpg"))
     assert len(copies) == 1 and not copies[0].is_symlink()  # a copy, not a link out of the prepared folder
     assert copies[0].read_bytes() == photo.read_bytes()
     assert before == _snapshot(tmp_path, data_dir)

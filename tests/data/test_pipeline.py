@@ -35,7 +35,7 @@ def test_batches_are_float_images_in_0_255_and_int_labels(prepared):
     images, labels = next(iter(splits.train()))
     assert images.dtype == tf.float32 and images.shape == (8, 24, 24, 3)
     assert labels.dtype == tf.int32 and labels.shape == (8,)
-    assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+    assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
     assert float(tf.reduce_max(images)) > 1  # not rescaled: the model's Rescaling layer does that
     spec = splits.train().element_spec
     assert spec[0].shape.as_list() == [None, 24, 24, 3] and spec[1].shape.as_list() == [None]
@@ -94,7 +94,7 @@ def test_each_split_is_decoded_once_per_splits_object(prepared):
         path.write_bytes(b"")
     assert _same(_epochs(splits.train(), splits.steps_per_epoch, 1)[0], before)  # a new trial, same data
     assert sum(len(y) for _, y in splits.validation) == splits.sizes["validation"]
-    with pytest.raises(DataError, match="cannot decode the prepared image .*tune data prepare .* --overwrite"):
+    with pytest.raises(DataError, match=r"cannot decode the prepared image .*tune data prepare .* --overwrite"):
         list(splits.test)
 
 

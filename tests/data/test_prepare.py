@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from xtune.data import DataError, PreparedData, describe_data, load_prepared, prepare_data
-from xtune.data import _prepare
+from xtune.data import DataError, PreparedData, _prepare, describe_data, load_prepared, prepare_data
 from xtune.errors import UsageError
 
 from .images import bad_files, image_bytes, make_bad_folder, make_classes_folder, make_split_folder, write
@@ -23,7 +22,7 @@ def test_class_folders_are_split_stratified_and_seeded(tmp_path, data_dir):
     assert prepared.counts == {s: {"cat": n, "dog": n} for s, n in (("train", 14), ("validation", 3), ("test", 3))}
     assert prepared.settings["layout"] == "classes"
     placed = {s: _files(prepared, s, "cat") for s in ("train", "validation", "test")}
-    assert sorted(sum(placed.values(), [])) == sorted(p.name for p in (folder / "cat").iterdir())
+    assert sorted(name for names in placed.values() for name in names) == sorted(p.name for p in (folder / "cat").iterdir())
 
     again = prepare_data(folder, data_dir=tmp_path / "other-dir")
     assert {s: _files(again, s, "cat") for s in placed} == placed  # same seed, same split
@@ -182,7 +181,7 @@ def test_bad_arguments_are_usage_errors(kwargs, match, data_dir):
 
 
 def test_load_prepared_says_how_to_prepare(data_dir):
-    with pytest.raises(DataError, match="demo is not prepared in .*; run: tune data prepare demo --data-dir"):
+    with pytest.raises(DataError, match=r"demo is not prepared in .*; run: tune data prepare demo --data-dir"):
         load_prepared("demo", data_dir=data_dir)
 
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from xtune.cli import tune
-from xtune.errors import ProjectError, UsageError
+from xtune.errors import ProjectError
 from xtune.results import TOLERANCE, best_config, default_epochs, export_model, reestimate_batch_norm
 from xtune.search import load_project
 from xtune.spaces import PRESETS

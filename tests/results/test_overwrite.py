@@ -1,7 +1,6 @@
 """`--overwrite` deletes only what xtune wrote; no option comes from the environment."""
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner

@@ -24,7 +24,7 @@ def images(splits, tmp_path):
     """Test images as PNG files (lossless) and one as JPEG, with their arrays."""
     import tensorflow as tf
 
-    x, y = splits.arrays("test")
+    x, _y = splits.arrays("test")
     paths = []
     for i in range(4):
         path = tmp_path / f"img{i}.png"
@@ -144,7 +144,7 @@ def test_decoding_is_the_training_pipelines(tmp_path, data_dir):
     prepared = prepare_data(str(tmp_path / "odd"), data_dir=data_dir, validation_fraction=0.25, test_fraction=0.25)
     splits = load_splits(prepared, image_size=24, batch_size=4, seed=0)
     for split in ("train", "validation", "test"):
-        x, y = splits.arrays(split)
+        x, _y = splits.arrays(split)
         files = sorted((Path(prepared.root) / split).glob("*/*"), key=lambda p: (p.parent.name, p.name))
         assert len(files) == len(x)
         for array, prepared_file in zip(x, files):

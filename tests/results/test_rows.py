@@ -109,7 +109,7 @@ def test_results_command_in_every_format(finished_search, fmt):
         assert lines[header + 1].split()[:3] == ["1", best["trial_id"], "COMPLETED"]
         assert f"Best architecture: trial {best['trial_id']}" in result.output
         config = best_config(state)["config"]
-        for key, value in config.items():  # the config reads as TOML
+        for key in config:  # the config reads as TOML
             assert any(line.startswith(f"{key} = ") for line in lines), key
         import tomllib
 

@@ -31,7 +31,7 @@ def served(tmp_path):
     oracle = make_oracle(tmp_path, hyperband_plan(10, 4, 3), name="A")
     project = tmp_path / "A"
     project.mkdir(exist_ok=True)
-    server, servicer, port = make_server(oracle, project, "search-A", "127.0.0.1", 0)
+    server, _servicer, port = make_server(oracle, project, "search-A", "127.0.0.1", 0)
     server.start()
     yield oracle, project, port
     server.stop(grace=0).wait()
@@ -50,7 +50,7 @@ def test_the_token_is_the_projects_own_secret(tmp_path):
 
 
 def test_a_second_chief_on_a_busy_port_is_one_clear_error(served, tmp_path):
-    oracle, project, port = served
+    _oracle, _project, port = served
     other = make_oracle(tmp_path, hyperband_plan(10, 4, 3), name="B")
     with pytest.raises(UsageError, match=rf"cannot listen on 127.0.0.1:{port} \(in use"):
         make_server(other, tmp_path / "B", "search-B", "127.0.0.1", port)
@@ -75,7 +75,7 @@ def test_a_client_without_the_token_is_refused_and_changes_nothing(served):
 
 
 def test_a_worker_of_another_search_is_refused_naming_both(served, tmp_path):
-    oracle, project, port = served
+    oracle, _project, port = served
     other = tmp_path / "B"
     (other / "cluster").mkdir(parents=True)
     ensure_token(other)
@@ -104,8 +104,9 @@ def test_a_worker_waits_for_a_chief_that_is_not_up_yet(tmp_path):
 
 
 def test_the_remote_oracle_carries_the_identity_on_every_call(served):
-    import keras_tuner
     import threading
+
+    import keras_tuner
 
     oracle, project, port = served
     remote = RemoteOracle(calls(port, "search-A", read_token(project)), keras_tuner.Objective("val_accuracy", "max"),

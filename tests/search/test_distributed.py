@@ -99,7 +99,8 @@ def test_two_workers_finish_the_single_process_plan_and_a_killed_worker_loses_no
     # The same plan as one process with the same seed: the same brackets, rounds and epochs, and the
     # same architectures drawn for each bracket. (Ids may differ: with two workers, bracket 0 opens
     # while bracket 1's first round still runs, so its draws get earlier ids.)
-    shape = lambda s: sorted((t.bracket, t.round, t.initial_epoch, t.epochs) for t in s.trials)
+    def shape(s):
+        return sorted((t.bracket, t.round, t.initial_epoch, t.epochs) for t in s.trials)
     assert shape(state) == shape(single)
     assert _first_round(state) == _first_round(single)
     # Promotions by the same rule: each parent is a best of its round.

@@ -99,7 +99,8 @@ def test_same_seed_same_architectures_in_the_same_order(tmp_path):
     a = drive(make_oracle(tmp_path, plan, seed=11, name="a"), score_seed=1)
     b = drive(make_oracle(tmp_path, plan, seed=11, name="b"), score_seed=2)
     c = drive(make_oracle(tmp_path, plan, seed=12, name="c"), score_seed=1)
-    first = lambda trials: [t.hyperparameters.values for t in trials if t.hyperparameters.values["tuner/round"] == 0]
+    def first(trials):
+        return [t.hyperparameters.values for t in trials if t.hyperparameters.values["tuner/round"] == 0]
     assert first(a) == first(b)
     assert first(a) != first(c)
 

@@ -29,7 +29,7 @@ def keras_tuner_oracle(max_epochs, factor, min_epochs=None):
     return oracle
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def keras_tuner_hyperband(max_epochs, factor):
     """(most brackets, {bracket: [(trials, epochs) per round]}) of KerasTuner's Hyperband."""
     oracle = keras_tuner_oracle(max_epochs, factor)

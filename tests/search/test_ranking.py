@@ -11,12 +11,14 @@ from .test_oracle import TS, make_oracle
 
 
 def test_rank_key_orders_by_objective_then_loss_then_parameters():
-    key = lambda score, loss, params, tid: rank_key("val_accuracy", True, score, loss, None, params, tid)
+    def key(score, loss, params, tid):
+        return rank_key("val_accuracy", True, score, loss, None, params, tid)
     trials = [key(0.9, 0.30, 100, "0003"), key(0.9, 0.20, 900, "0002"), key(0.95, 0.5, 10, "0005"),
               key(0.9, 0.20, 500, "0004"), key(0.9, None, 1, "0001")]
     assert [t[-1] for t in sorted(trials)] == [5, 4, 2, 3, 1]
     # A loss objective: lower is better; ties go to the higher accuracy.
-    loss = lambda score, acc, tid: rank_key("val_loss", False, score, None, acc, None, tid)
+    def loss(score, acc, tid):
+        return rank_key("val_loss", False, score, None, acc, None, tid)
     assert [t[-1] for t in sorted([loss(0.3, 0.8, "1"), loss(0.3, 0.9, "2"), loss(0.2, 0.1, "3")])] == [3, 2, 1]
 
 

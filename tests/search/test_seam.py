@@ -47,7 +47,7 @@ def test_patches_hold_in_their_scope_only(tmp_path):
     before = utils.save_json, config.DEBUG
     with _kt.patched():
         assert utils.save_json is not before[0] and config.DEBUG is False
-        conditions.print("silenced")  # noqa: T201 - the debug print KerasTuner 1.4.8 leaves in to_proto
+        conditions.print("silenced")
         utils.save_json(str(tmp_path / "x.json"), {"a": 1})
         assert not list(tmp_path.glob("*.tmp-*")) and (tmp_path / "x.json").read_text() == '{"a": 1}'
     assert (utils.save_json, config.DEBUG) == before

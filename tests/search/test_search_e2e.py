@@ -75,7 +75,7 @@ def test_tensorboard_events_parse_with_hparams(finished):
                 for value in event.summary.value:
                     if value.tag == hparams_metadata.SESSION_START_INFO_TAG:
                         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                        hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+                        hparams = dict(data.session_start_info.hparams.items())
         # Every column has a value in every trial (an inactive one, bn_momentum without batch norm, a placeholder).
         from xtune.search._board import INACTIVE, columns, label
         from xtune.spaces import SearchSpace
@@ -157,7 +157,7 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
 
     # SIGKILL after three completed trials.
     proc = _search_process(image_folder, project, data_dir)
-    lines = _read_until(proc, lambda line, lines: sum(l.startswith("trial ") for l in lines) >= 3)
+    _read_until(proc, lambda line, lines: sum(l.startswith("trial ") for l in lines) >= 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {t.trial_id: t for t in load_project(project).trials if t.status == "COMPLETED"}
