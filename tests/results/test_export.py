@@ -158,7 +158,7 @@ def test_retraining_a_first_round_trial_repeats_its_search_run(search_copy, data
     state = load_project(search_copy)
     trial = max((t for t in state.trials if t.status == "COMPLETED" and t.initial_epoch == 0),
                 key=lambda t: (t.record.best_epoch, -t.record.params))
-    report = export_model(search_copy, data_dir=data_dir, trial_id=str(int(trial.trial_id)), out=search_copy / "t")
+    report = export_model(search_copy, data_dir=data_dir, trial_id=str(int(trial.trial_id)), out=search_copy / "export-t")
     card = report.card
     assert card["model"]["trial_id"] == trial.trial_id and card["search"]["exported_trial"] == trial.trial_id
     searched = trial.record.history[: trial.record.best_epoch]
@@ -173,7 +173,7 @@ def test_trial_that_does_not_exist_is_one_line(finished_search, export_cli):
 
 
 def test_train_plus_val_trains_longer_on_more_images(search_copy, splits, data_dir):
-    report = export_model(search_copy, data_dir=data_dir, train_on="train+val", out=search_copy / "tv")
+    report = export_model(search_copy, data_dir=data_dir, train_on="train+val", out=search_copy / "export-tv")
     best = best_config(load_project(search_copy))
     card = report.card
     train, both = splits.sizes["train"], splits.sizes["train"] + splits.sizes["validation"]

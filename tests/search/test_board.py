@@ -66,7 +66,8 @@ def test_every_trial_is_a_row_with_every_column_and_the_score_results_ranks_by(b
     # The columns shown by default (the first five) are the architecture's; integers read as integers.
     shown = [h["displayName"] for h in experiment["hparamInfos"][:5]]
     assert shown == ["num_stages", "base_width", "width_growth", "conv_type", "residual"]
-    assert next(h for h in experiment["hparamInfos"] if h["displayName"] == "base_width")["domainDiscrete"][0] == "8"
+    widths = next(h for h in experiment["hparamInfos"] if h["displayName"] == "base_width")["domainDiscrete"]
+    assert sorted(widths, key=int) == ["8", "16", "32"]  # the small space's widths, as integers
     # The first metric (what the dashboard sorts and colors by) is the score `tune results` ranks by.
     assert experiment["metricInfos"][0]["name"] == {"tag": "val_accuracy", "group": ""}
     scores = {r["trial_id"]: r["score"] for r in search_results(project).rows}
