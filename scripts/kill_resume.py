@@ -75,7 +75,13 @@ def trials_on_disk(project: Path) -> dict:
 
 
 def _phase_now(project: Path, saw_epoch_end: bool) -> str:
-    ended = [t for t in project.glob("trial_*/xtune.json") if '"status"' in t.read_text()]
+    ended = []
+    for path in project.glob("trial_*/xtune.json"):
+        try:
+            if json.loads(path.read_text()).get("status") in ("COMPLETED", "FAILED"):
+                ended.append(path)
+        except (OSError, ValueError):
+            continue
     if not ended:
         return "first trial"
     if list(project.rglob("*.tmp-*")):
