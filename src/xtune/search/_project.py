@@ -187,7 +187,7 @@ class ProjectLock:
         on_wait: Called once with a ``WaitingForLock`` event when it waits.
     """
 
-    ORPHAN_WAIT = 60.0
+    ORPHAN_WAIT = 180.0
 
     def __init__(self, project: Path, on_wait: Callable[[WaitingForLock], None] | None = None):
         self.project = Path(project)

@@ -408,6 +408,8 @@ def run_search(
     warm = warm_start_record(Path(warm_start[0]), int(warm_start[1]), space) if warm_start is not None else None
     stop_event = stop_event or threading.Event()
     created = not project.exists()
+    if (early := _stop_early(project, plan, run, stop_event)) is not None:  # asked to stop while starting
+        return early
     with ProjectLock(project, on_wait=emit):
         check_writable(project)
         extension = record_extension(project, run, settings) if run is not None else None
@@ -428,6 +430,8 @@ def run_search(
                 with contextlib.suppress(OSError):
                     project.rmdir()
             raise
+        if (early := _stop_early(project, plan, run, stop_event)) is not None:  # loading the data took a while
+            return early
         if overwrite:  # only what xtune wrote: the user's files and earlier exports stay
             remove_owned(project, SEARCH_ENTRIES, keep=(LOCK_FILE, SEARCH_MARKER))
             run = None
@@ -441,6 +445,20 @@ def run_search(
             return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
                         emit, stop_event, recycle_mb=recycle_mb, epoch_backups=epoch_backups,
                         tensorboard=tensorboard, refresh_batch_norm=refresh_batch_norm)
+
+
+def _stop_early(project: Path, plan: HyperbandPlan, run: dict | None,
+                stop_event: threading.Event) -> SearchOutcome | None:
+    """The outcome of a search asked to stop while it was starting, else None.
+
+    A search process whose supervisor was killed gets SIGTERM, possibly while it is
+    still starting; it should let go of the project at once, not after its set-up.
+    """
+    if not stop_event.is_set():
+        return None
+    if run is None:
+        raise ProjectError(f"interrupted before the search in {project} started; start it again")
+    return search_outcome(project, "interrupted", plan, True)
 
 
 def prepare_directory(project: Path, settings, space, run, data_info, num_classes: int,
