@@ -119,8 +119,8 @@ def echo_table(rows: list[dict], columns: list[str] | None = None, wrap: str | N
         rows: One dict per row.
         columns: Which keys, in order (default: the first row's).
         wrap: The column whose cells wrap (over several lines) when the table is too wide.
-        detail: Columns that, when the table is too wide, leave it for an indented
-            line under each row ("best ep 2  3x16*2 sep ...").
+        detail: Columns that, one by one in this order while the table is too wide,
+            leave it for an indented line under each row ("best ep 2  3x16*2 sep ...").
     """
     if not rows:
         return
@@ -133,10 +133,14 @@ def echo_table(rows: list[dict], columns: list[str] | None = None, wrap: str | N
     def total(ws):
         return sum(ws) + 2 * (len(ws) - 1)
 
-    below = []
-    if detail and total(widths_of(columns)) > limit:
-        below = [c for c in columns if c in detail]
-        columns = [c for c in columns if c not in detail]
+    moved: set[str] = set()
+    for c in detail:  # in the caller's order, until the rest fits
+        if total(widths_of([k for k in columns if k not in moved])) <= limit:
+            break
+        if c in columns:
+            moved.add(c)
+    below = [c for c in columns if c in moved]
+    columns = [c for c in columns if c not in moved]
     widths = widths_of(columns)
     if wrap in columns and total(widths) > limit:
         k = columns.index(wrap)
@@ -187,6 +191,12 @@ class SearchView:
             self._live_text = ""
         click.echo(text, err=err)
 
+    def text(self, prose: str, err: bool = False, indent: str = "  ") -> None:
+        """Echo a sentence, broken between words to fit the terminal."""
+        lead = prose[: len(prose) - len(prose.lstrip())]
+        for line in fit_fields([prose.split()], limit=width() - len(lead), indent=indent):
+            self.echo(lead + line, err=err)
+
     def lines(self, fields: list, err: bool = False, sep: str = "  ") -> None:
         for line in fit_fields(fields, sep=sep):
             self.echo(line, err=err)
@@ -207,7 +217,7 @@ class SearchView:
     def _on_search_start(self, e: SearchStarted) -> None:
         self.objective = e.settings["objective"]
         for note in e.notes:
-            self.echo(f"Warning: {note}", err=True)
+            self.text(f"Warning: {note}", err=True)
         if self.verbosity:
             what = "Resuming" if e.resumed else "Starting"
             done = f", {e.completed + e.failed} done" if e.resumed else ""
@@ -215,7 +225,7 @@ class SearchView:
                         f"Hyperband bracket(s){done}", f"({self._where(e)})"], sep=" ")
 
     def _on_serving(self, e: Serving) -> None:
-        self.echo(f"Serving the search on {e.host}:{e.port}. On each worker machine, with {e.project} mounted "
+        self.text(f"Serving the search on {e.host}:{e.port}. On each worker machine, with {e.project} mounted "
                   "(any path), run:")
         self.echo(f"  tune worker --chief {e.address} --project {quote(e.project)}")
 
@@ -228,37 +238,37 @@ class SearchView:
         if e.reason == "ended itself to release memory":
             return  # said by the recycle event
         if e.name == "search":
-            self.echo(f"The search process died ({e.reason}); resuming from the last saved epoch.", err=True)
+            self.text(f"The search process died ({e.reason}); resuming from the last saved epoch.", err=True)
             return
         during = f" during trial {e.trial_id}" if e.trial_id else ""
-        self.echo(f"{e.name} (pid {e.old_pid}) died ({e.reason}){during}; restarted as pid {e.pid}"
+        self.text(f"{e.name} (pid {e.old_pid}) died ({e.reason}){during}; restarted as pid {e.pid}"
                   + ("; the trial resumes at its last saved epoch" if during else ""), err=True)
 
     def _on_recycle(self, e: MemoryRecycled) -> None:
         who = f"{e.worker}: " if e.worker else ""
-        self.echo(f"{who}Continuing in a fresh process to release memory (memory grew by {e.grown_mb:.0f} MB "
+        self.text(f"{who}Continuing in a fresh process to release memory (memory grew by {e.grown_mb:.0f} MB "
                   "since the first trial of this process).")
 
     def _on_waiting_for_lock(self, e: WaitingForLock) -> None:
-        self.echo(f"Waiting for pid {e.pid} on {e.host} to stop (a search process whose parent was killed); "
+        self.text(f"Waiting for pid {e.pid} on {e.host} to stop (a search process whose parent was killed); "
                   f"at most {e.seconds:.0f}s", err=True)
 
     def _on_worker_start(self, e: WorkerStarted) -> None:
         if self.verbosity:
-            self.echo(f"{e.worker}: running trials of {e.project} for the chief at {e.chief}")
+            self.text(f"{e.worker}: running trials of {e.project} for the chief at {e.chief}")
 
     def _on_waiting_for_chief(self, e: WaitingForChief) -> None:
         if self.verbosity:
-            self.echo(f"Waiting for the chief at {e.chief} (start it with: tune search --project ... --chief)")
+            self.text(f"Waiting for the chief at {e.chief} (start it with: tune search --project ... --chief)")
 
     def _on_worker_ready(self, e: WorkerConnected) -> None:
         if self.verbosity:
             replicas = f", {e.replicas} replicas" if e.replicas > 1 else ""
-            self.echo(f"{e.worker}: connected ({', '.join(e.devices['gpus']) or 'CPU'}, {e.devices['policy']}{replicas})")
+            self.text(f"{e.worker}: connected ({', '.join(e.devices['gpus']) or 'CPU'}, {e.devices['policy']}{replicas})")
 
     def _on_waiting(self, e: WorkerWaiting) -> None:
         if self.verbosity >= 2:
-            self.echo(f"    {e.worker} waits: the open brackets wait for other workers' trials")
+            self.text(f"    {e.worker} waits: the open brackets wait for other workers' trials")
 
     def _on_trial_start(self, e: TrialStarted) -> None:
         self.starts[e.trial_id] = e
@@ -288,7 +298,7 @@ class SearchView:
 
     def _on_trial_retry(self, e: TrialRetry) -> None:
         if self.verbosity:
-            self.echo(f"trial {e.trial_id} failed ({e.reason}); it will run once more")
+            self.text(f"trial {e.trial_id} failed ({e.reason}); it will run once more")
 
     def _on_trial_end(self, e: TrialEnded) -> None:
         if not self.verbosity:
@@ -401,8 +411,8 @@ class ExportView:
             for line in fit_fields([f"  epoch {e.epoch}/{e.epochs}", logs, f"({e.seconds:.1f}s)"], indent="    "):
                 click.echo(line, err=self.err)
         elif isinstance(e, ExportPhase) and e.phase != "data":
-            for line in fit_fields([f"  {e.message}"], indent="    "):
-                click.echo(line, err=self.err)
+            for line in fit_fields([e.message.split()], limit=width() - 2, indent="  "):
+                click.echo("  " + line, err=self.err)
 
 
 def quote(text) -> str:

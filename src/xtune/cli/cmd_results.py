@@ -84,7 +84,7 @@ def results(project, top, pareto, fmt):
     if not any(r["note"] for r in table):
         for r in table:
             del r["note"]
-    echo_table(table, wrap="architecture", detail=("best ep", "architecture", "note"))
+    echo_table(table, wrap="architecture", detail=("architecture", "note", "best ep", "time"))
     if found.best and not pareto:
         _echo_best(found.best, found.project)
 
