@@ -112,7 +112,7 @@ def _trials(tuner) -> list[dict]:
             lines = [line for line in str(message).strip().splitlines() if line.strip()]
             reason = lines[-1][:300] if lines else ""
         values = trial.hyperparameters.values
-        out.append({"trial": trial_id, "status": str(trial.status), "objective_score": trial.score,
+        out.append({"trial": trial_id, "status": str(trial.status), "objective_score": None if trial.score is None else float(trial.score),
                     "val_accuracy": _best(trial, "val_accuracy"), "chosen": trial_id in best_ids,
                     "block_type": values.get("image_block_1/block_type"),
                     "pretrained": next((v for k, v in values.items() if k.endswith("/pretrained")), None),

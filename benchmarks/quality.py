@@ -383,6 +383,11 @@ def table_rows(summary: dict, budget: dict) -> list[dict]:
                          "ratio": f"{x['test_accuracy']['mean'] / b['test_accuracy']['mean']:.3f} "
                                   f"(>= on {sum(ge.values())}/{len(ge)} seeds)",
                          "goal": ">= on every seed"})
+        commits = {t: v["commits"] for t, v in (("xtune", x), ("book", b), ("AutoKeras", a)) if v}
+        if len({c for v in commits.values() for c in v}) > 1:  # not one run: say which code each side ran
+            rows.append({"what": f"quality, {label}: the entries above/below come from different commits",
+                         "figure": "; ".join(f"{t} at {', '.join(v)}" for t, v in commits.items()),
+                         "baseline": "-", "ratio": "-", "goal": "-"})
         if x and a and a.get("test_accuracy"):
             fails = sum(v or 0 for v in a["failed_trials"].values())
             ntr = budget["ak_trials"] * len(a["seeds"])
