@@ -435,6 +435,9 @@ def _merge_and_write(path: Path, new_entries: list[dict], sets_info: dict, budge
                           e.get("budget") == n.get("budget") for n in new_entries)]
     entries = sorted(entries + new_entries, key=lambda e: (list(SETS).index(e["set"]), TOOLS.index(e["tool"]), e["seed"]))
     summary = summarize(entries, budget)
+    ak = next((e["result"]["versions"]["autokeras"] for e in entries if e["result"].get("versions")), None)
+    if ak:  # the README's machine line lists it with the project's libraries
+        machine = {**machine, "versions": {**machine.get("versions", {}), "autokeras (benchmark venv)": ak}}
     payload = {"benchmark": "quality", "machine": machine,
                "description": "xtune search + export vs the book's model (tune export --preset seed) and AutoKeras "
                               "ImageClassifier, on the demo digits and stratified 120/300-image training subsets "
