@@ -324,8 +324,15 @@ def _stats(values) -> dict | None:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarize(entries: list[dict], budget: dict) -> dict:
+def _one_class_shares(info: dict | None) -> list[float]:
+    if not info or "per_class_validation" not in info:
+        return []
+    return sorted({n / info["images"]["validation"] for n in info["per_class_validation"].values()})
+
+
+def summarize(entries: list[dict], budget: dict, sets: dict | None = None) -> dict:
     """Per set: mean and sd of test accuracy and wall time per tool, gaps, chance trials, failures."""
+    sets = sets or {}
     summary = {}
     for name in SETS:
         mine = [e for e in entries if e["set"] == name and e.get("budget") == budget]
@@ -352,6 +359,11 @@ def summarize(entries: list[dict], budget: dict) -> dict:
                 per[tool]["failed_trials"] = {e["seed"]: e["result"].get("failed_trials") for e in runs}
                 per[tool]["failed_weights_download"] = {e["seed"]: e["result"].get("failed_weights_download")
                                                         for e in runs}
+                shares = _one_class_shares(sets.get(name))
+                per[tool]["trials_one_class"] = {  # val_accuracy = one class's share, as for xtune
+                    e["seed"]: sum(any(abs(t["val_accuracy"] - sh) <= 1e-6 for sh in shares)
+                                   for t in e["result"].get("trials", []) if t.get("val_accuracy") is not None)
+                    for e in runs}
         xt = {e["seed"]: e["result"]["test_accuracy"] for e in mine if e["tool"] == "xtune"}
         book = {e["seed"]: e["result"]["test_accuracy"] for e in mine if e["tool"] == "seed"}
         both = sorted(set(xt) & set(book))
@@ -408,7 +420,9 @@ def table_rows(summary: dict, budget: dict) -> list[dict]:
                                  "(one class's share of the 269 validation images); search's best val accuracy "
                                  "- exported test accuracy",
                          "figure": f"{chance}/{total} / {one}/{total} trials",
-                         "baseline": "-",
+                         "baseline": (f"AutoKeras: {sum(a['trials_one_class'].values())}/"
+                                      f"{budget['ak_trials'] * len(a['seeds'])} at a one-class score")
+                                     if a and "trials_one_class" in a else "-",
                          "ratio": f"gap {gap['mean']:+.3f} ± {gap['sd']:.3f}" if gap else "-",
                          "goal": "fewer at chance"})
     return rows
@@ -434,7 +448,8 @@ def _merge_and_write(path: Path, new_entries: list[dict], sets_info: dict, budge
                if not any((e["set"], e["seed"], e["tool"]) == (n["set"], n["seed"], n["tool"]) and
                           e.get("budget") == n.get("budget") for n in new_entries)]
     entries = sorted(entries + new_entries, key=lambda e: (list(SETS).index(e["set"]), TOOLS.index(e["tool"]), e["seed"]))
-    summary = summarize(entries, budget)
+    all_sets = {**old.get("sets", {}), **sets_info}
+    summary = summarize(entries, budget, all_sets)
     ak = next((e["result"]["versions"]["autokeras"] for e in entries if e["result"].get("versions")), None)
     if ak:  # the README's machine line lists it with the project's libraries
         machine = {**machine, "versions": {**machine.get("versions", {}), "autokeras (benchmark venv)": ak}}
@@ -442,7 +457,7 @@ def _merge_and_write(path: Path, new_entries: list[dict], sets_info: dict, budge
                "description": "xtune search + export vs the book's model (tune export --preset seed) and AutoKeras "
                               "ImageClassifier, on the demo digits and stratified 120/300-image training subsets "
                               "with fixed validation/test splits, 32 px",
-               "budget": budget, "sets": {**old.get("sets", {}), **sets_info},
+               "budget": budget, "sets": all_sets,
                "summary": summary, "table": table_rows(summary, budget), "entries": entries}
     _atomic.write_json(path, payload)
     return payload
@@ -463,10 +478,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="data, projects, AutoKeras scratch")
     parser.add_argument("--autokeras-venv", type=Path, default=DEFAULT_AK_VENV)
     parser.add_argument("--setup-autokeras", action="store_true", help="build the AutoKeras venv and exit")
+    parser.add_argument("--summarize", action="store_true",
+                        help="only recompute the summary and table of the results file (runs nothing)")
     parser.add_argument("--results", type=Path, default=None, help="the results file (default: results/quality.json)")
     args = parser.parse_args(argv)
     if args.setup_autokeras:
         sys.exit(setup_autokeras(args.autokeras_venv))
+    if args.summarize:
+        path = args.results or HERE / "results" / "quality.json"
+        data = json.loads(path.read_text())
+        payload = merge_and_write(path, [], data["sets"], data["budget"], data["machine"])
+        print(json.dumps({"summary": payload["summary"], "table": payload["table"]}, indent=2))
+        return payload
     tools = [t for t in args.tools.split(",") if t]
     names = [s for s in args.sets.split(",") if s]
     for t in tools:

@@ -70,7 +70,7 @@ def rows() -> list[str]:
         if "entries" in r:  # rebuilt from the entries, so a re-run of one tool shows at once
             from benchmarks.quality import summarize, table_rows
 
-            table = table_rows(summarize(r["entries"], r["budget"]), r["budget"])
+            table = table_rows(summarize(r["entries"], r["budget"], r.get("sets")), r["budget"])
         for row in table:
             out.append(_row(row["what"], row["figure"], row["baseline"], row["ratio"], row.get("goal", "-"),
                             "python -m benchmarks quality"))
