@@ -76,7 +76,22 @@ def git_commit() -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD"), "src_dirty": bool(git("status", "--porcelain", "--", "src"))}
+    return {"commit": git("rev-parse", "HEAD"), "src_tree": git("rev-parse", "HEAD:src"),
+            "src_dirty": bool(git("status", "--porcelain", "--", "src"))}
+
+
+_TREES: dict[str, str] = {}
+
+
+def src_tree(entry: dict) -> str:
+    """The git tree of src/ an entry ran (what "same code" means; harness-only commits share it)."""
+    if entry.get("src_tree"):
+        return entry["src_tree"][:10]
+    commit = entry.get("commit", "")
+    if commit not in _TREES:
+        out = subprocess.run(["git", "rev-parse", f"{commit}:src"], cwd=ROOT, capture_output=True, text=True)
+        _TREES[commit] = out.stdout.strip() or commit
+    return _TREES[commit][:10]
 
 
 # ---------------------------------------------------------------- the data
@@ -347,6 +362,7 @@ def summarize(entries: list[dict], budget: dict, sets: dict | None = None) -> di
                          "test_accuracy": _stats([e["result"].get("test_accuracy") for e in runs]),
                          "wall_s": _stats([e["result"].get("wall_s") for e in runs]),
                          "commits": sorted({e["commit"][:10] for e in runs}),
+                         "src_trees": sorted({src_tree(e) for e in runs}),
                          "ran": [min(e["ran_at"] for e in runs), max(e["ran_at"] for e in runs)]}
             if tool in ("xtune", "autokeras"):
                 per[tool]["gap_val_minus_test"] = _stats([e["result"].get("gap_val_minus_test") for e in runs])
@@ -395,9 +411,10 @@ def table_rows(summary: dict, budget: dict) -> list[dict]:
                          "ratio": f"{x['test_accuracy']['mean'] / b['test_accuracy']['mean']:.3f} "
                                   f"(>= on {sum(ge.values())}/{len(ge)} seeds)",
                          "goal": ">= on every seed"})
-        commits = {t: v["commits"] for t, v in (("xtune", x), ("book", b), ("AutoKeras", a)) if v}
+        commits = {t: v["src_trees"] for t, v in (("xtune", x), ("book", b)) if v}
         if len({c for v in commits.values() for c in v}) > 1:  # not one run: say which code each side ran
-            rows.append({"what": f"quality, {label}: the entries above/below come from different commits",
+            rows.append({"what": f"quality, {label}: xtune's figures come from different versions of src/ "
+                                 "(git tree)",
                          "figure": "; ".join(f"{t} at {', '.join(v)}" for t, v in commits.items()),
                          "baseline": "-", "ratio": "-", "goal": "-"})
         if x and a and a.get("test_accuracy"):
