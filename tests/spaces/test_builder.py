@@ -143,6 +143,18 @@ def test_every_preset_builds_and_counts(preset):
         assert model.count_params() == count_params(PRESETS[preset], shape, classes)
 
 
+def test_a_flatten_head_keeps_every_position_and_counts_it():
+    config = PRESETS["small"].replace(num_stages=2, head="flatten")
+    shape = (48, 40, 3)  # stem 3: 46x38, then 23x19, 12x10 (ceil)
+    model = build_model(config, shape, 5)
+    assert model.get_layer("head_flatten").output.shape[-1] == 12 * 10 * config.widths[-1]
+    assert model.count_params() == count_params(config, shape, 5)
+    assert count_flops(config, shape, 5) == keras_flops(model)
+    average = config.replace(head="average")
+    assert count_params(config, shape, 5) - count_params(average, shape, 5) == (12 * 10 - 1) * config.widths[-1] * 5
+    assert config.shorthand().split()[6] == "flat" and "flat" not in average.shorthand()
+
+
 def keras_flops(model) -> int:
     """FLOPs read off the Keras model's own layers (2 per multiply-add of convolutions and dense layers)."""
     import keras

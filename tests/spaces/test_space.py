@@ -71,7 +71,9 @@ def test_default_space_counts():
     # bn_momentum only counts where batch_norm is on: (2 + 1) instead of 2 * 2.
     assert DEFAULT_SPACE.num_configurations("training") == 2 * 4
     arch = DEFAULT_SPACE.num_configurations("architecture")
-    assert arch == 6 * 4 * 3 * 2 * 2 * 3 * 3 * 2 * 3 * 3 * 6
+    # stages, base, growth, conv, residual, batch norm (+momentum), convs, kernel, stem filters,
+    # stem kernel, head, dropout.
+    assert arch == 6 * 4 * 3 * 2 * 2 * 3 * 3 * 2 * 3 * 3 * 2 * 6
 
 
 def test_narrowing_fixes_restricts_and_narrows(tmp_path):

@@ -50,7 +50,8 @@ def space_show(space_ref, fmt, image_size, num_classes, max_params, max_flops):
         echo_json(summary)
         return
     click.echo(f"Search space: {summary['name']}")
-    echo_table(summary["hyperparameters"], ["name", "group", "values", "default", "condition"], wrap="values")
+    echo_table(summary["hyperparameters"], ["name", "group", "values", "default", "condition"], wrap="values",
+               detail=("condition",))
     click.echo()
     click.echo(f"distinct configurations: {summary['configurations']:,}")
     click.echo(f"distinct architectures:  {summary['architectures']:,}")

@@ -18,7 +18,7 @@ from xtune.spaces._space import SearchSpace
 
 # The hyperparameters a model's size depends on (see count_params, count_flops).
 SIZE_FIELDS = ("num_stages", "base_width", "width_growth", "conv_type", "residual", "batch_norm",
-               "convs_per_stage", "kernel_size", "stem_filters", "stem_kernel")
+               "convs_per_stage", "kernel_size", "stem_filters", "stem_kernel", "head")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def build_model(
 
     Layer names are systematic (``stem_conv``, ``stage{i}_sepconv{j}``,
     ``stage{i}_bn{j}``, ``stage{i}_act{j}``, ``stage{i}_pool``, ``stage{i}_project``,
-    ``stage{i}_add``, ``head_pool``, ``head_dropout``, ``predictions``), so models of
+    ``stage{i}_add``, ``head_pool`` or ``head_flatten``, ``head_dropout``, ``predictions``), so models of
     different trials compare layer by layer and weights transfer by name.
 
     Args:
@@ -103,7 +103,10 @@ def build_model(
             x = layers.add([x, residual], name=f"stage{i}_add")
 
     # Head.
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if config.head == "flatten":
+        x = layers.Flatten(name="head_flatten")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     if config.dropout > 0:
         x = layers.Dropout(config.dropout, name="head_dropout")(x)
     activation = "sigmoid" if units == 1 else "softmax"
@@ -164,7 +167,25 @@ def count_params(config: MiniXceptionConfig, input_shape: tuple[int, int, int] =
         if config.residual:
             total += c_in * filters
     units = output_units(num_classes)
-    return total + c * units + units
+    return total + _head_features(config, input_shape, c) * units + units
+
+
+def _final_size(config: MiniXceptionConfig, input_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Height and width of the last stage's output (the stem's "valid" padding, then one halving per stage)."""
+    import math
+
+    height, width = (n - config.stem_kernel + 1 for n in input_shape[:2])
+    for _ in range(config.num_stages):
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    return height, width
+
+
+def _head_features(config: MiniXceptionConfig, input_shape: tuple[int, int, int], channels: int) -> int:
+    """Inputs of the classifier: the channels, or every position's channels for a flatten head."""
+    if config.head != "flatten":
+        return channels
+    height, width = _final_size(config, input_shape)
+    return height * width * channels
 
 
 def count_flops(config: MiniXceptionConfig, input_shape: tuple[int, int, int] = (180, 180, 3),
@@ -193,4 +214,4 @@ def count_flops(config: MiniXceptionConfig, input_shape: tuple[int, int, int] = 
         height, width = math.ceil(height / 2), math.ceil(width / 2)
         if config.residual:
             flops += 2 * c_in * filters * height * width
-    return flops + 2 * c * output_units(num_classes)
+    return flops + 2 * _head_features(config, input_shape, c) * output_units(num_classes)

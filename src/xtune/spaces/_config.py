@@ -9,6 +9,7 @@ from typing import Any
 CONV_TYPES = ("separable", "standard")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 OPTIMIZERS = ("rmsprop", "adam")
+HEADS = ("average", "flatten")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class MiniXceptionConfig:
         kernel_size: Kernel size of the stage convolutions.
         stem_filters: Filters of the stem convolution.
         stem_kernel: Kernel size of the stem convolution ("valid" padding).
+        head: How the last stage's feature map reaches the classifier: "average"
+            (global average pooling, the book's section 9.3.5) or "flatten" (every
+            position kept, as the book's first convnets in chapter 8 do; it wins when
+            where a shape sits matters, as on small centred images).
         dropout: Dropout rate before the classifier (0 disables it).
         flip: Random flip augmentation: "none", "horizontal", "vertical" or
             "horizontal_and_vertical".
@@ -52,6 +57,7 @@ class MiniXceptionConfig:
     kernel_size: int = 3
     stem_filters: int = 32
     stem_kernel: int = 5
+    head: str = "average"
     dropout: float = 0.5
     flip: str = "horizontal"
     rotation: float = 0.1
@@ -73,6 +79,7 @@ class MiniXceptionConfig:
         _check_int(self, "stem_filters", 1, 4096)
         _check_int(self, "stem_kernel", 1, 9)
         _check_odd(self, "stem_kernel")
+        _check_choice(self, "head", HEADS)
         _check_number(self, "dropout", 0.0, 1.0, include_max=False)
         _check_choice(self, "flip", FLIPS)
         _check_number(self, "rotation", 0.0, 1.0)
@@ -122,7 +129,8 @@ class MiniXceptionConfig:
         """The architecture in one line, e.g. ``3x16*2 sep res bn0.9 c2k3 stem16/3 drop0.2 zoom adam@0.001``.
 
         Stages x base width * growth, separable/standard conv, residual, batch-norm
-        momentum, convs per stage and kernel, stem filters/kernel, dropout,
+        momentum, convs per stage and kernel, stem filters/kernel, ``flat`` for a
+        flatten head (nothing for the book's average pooling), dropout,
         augmentation, optimizer@learning rate.
         """
         growth = f"*{self.width_growth:g}" if self.num_stages > 1 else ""
@@ -135,6 +143,7 @@ class MiniXceptionConfig:
             f"bn{self.bn_momentum:g}" if self.batch_norm else "nobn",
             f"c{self.convs_per_stage}k{self.kernel_size}",
             f"stem{self.stem_filters}/{self.stem_kernel}",
+            *(["flat"] if self.head == "flatten" else []),
             f"drop{self.dropout:g}",
             "+".join(augment) if augment else "noaug",
             f"{self.optimizer}@{self.learning_rate:g}",

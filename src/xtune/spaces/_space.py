@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xtune.errors import SpaceError
-from xtune.spaces._config import CONV_TYPES, OPTIMIZERS, PRESETS, MiniXceptionConfig
+from xtune.spaces._config import CONV_TYPES, HEADS, OPTIMIZERS, PRESETS, MiniXceptionConfig
 
 SEED = PRESETS["seed"]
 
@@ -106,6 +106,7 @@ FAMILY: tuple[Spec, ...] = (
     Choice("kernel_size", (3, 5), SEED.kernel_size),
     Choice("stem_filters", (16, 32, 64), SEED.stem_filters),
     Choice("stem_kernel", (3, 5, 7), SEED.stem_kernel),
+    Choice("head", HEADS, SEED.head),
     FloatRange("dropout", 0.0, 0.5, SEED.dropout, step=0.1),
     Choice("flip", ("none", "horizontal", "horizontal_and_vertical"), SEED.flip, group="augmentation"),
     Choice("rotation", (0.0, 0.1, 0.2), SEED.rotation, group="augmentation"),
