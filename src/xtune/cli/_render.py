@@ -326,7 +326,8 @@ class SearchView:
             what = f"GPUs {' | '.join(gpus)}" if gpus else "CPU" + (f", {threads} thread(s) each" if threads else "")
             auto = e.workers[0].get("auto")
             why = f"; chosen for {auto}, --workers 1 for one process" if auto else ""
-            return f"{len(e.workers)} trials at once: {what}{why}"
+            at_once = f"{len(e.workers)} trials at once" if len(e.workers) > 1 else "1 worker"
+            return f"{at_once}: {what}{why}"
         if e.devices is None:
             return "served to workers"
         return f"{', '.join(e.devices['gpus']) or 'CPU'}, {e.devices['policy']}"

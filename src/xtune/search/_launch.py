@@ -371,6 +371,8 @@ def start_search(request: SearchRequest, progress: Callable[[Event], None] | Non
     request.check()
     if request.workers is None and not request.serve:
         request = _with_auto_workers(request)
+    elif request.workers == 1 and not request.gpus:
+        request = dataclasses.replace(request, workers=None)  # one worker is one process: no chief needed
     return _Launch(request, progress, stop_event, on_output).run()
 
 

@@ -207,7 +207,7 @@ class ProjectLock:
         deadline, told = None, False
         while fd is None:
             owner = lock_owner(self.project) or {}
-            if not _orphaned(owner):
+            if not orphaned(owner):
                 self._refuse(owner)
             if deadline is None:
                 deadline = time.monotonic() + self.ORPHAN_WAIT
@@ -260,7 +260,7 @@ class ProjectLock:
         self.release()
 
 
-def _orphaned(owner: dict) -> bool:
+def orphaned(owner: dict) -> bool:
     """Whether a lock holder on this machine lost the process that started it (it is stopping)."""
     parent = owner.get("parent")
     if owner.get("host") != socket.gethostname() or not parent or parent == 1:

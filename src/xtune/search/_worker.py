@@ -35,7 +35,7 @@ from xtune.search._chief import (
     read_token,
     search_id,
 )
-from xtune.search._project import FINISHED_FILE, SearchSettings, read_run
+from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, read_run
 
 IDLE_SLEEP = (0.2, 2.0)  # a waiting worker asks again after this long, doubling up to the second
 RPC_TIMEOUT = 30  # seconds a worker waits for an unreachable chief before it stops (KerasTuner: 1 h)
@@ -132,22 +132,34 @@ class _WorkerSlot:
         folder.mkdir(exist_ok=True)
         for worker_id in [self.asked] if self.asked else _default_worker_ids():
             path = folder / f"worker-{worker_id}.lock"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                if self.asked:
-                    try:
-                        owner = json.loads(path.read_text() or "{}")
-                    except (OSError, ValueError):
-                        owner = {}
+            deadline = time.monotonic() + ProjectLock.ORPHAN_WAIT
+            fd: int | None
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    os.close(fd)
+                    fd = None
+                if not self.asked:
+                    break
+                try:
+                    owner = json.loads(path.read_text() or "{}")
+                except (OSError, ValueError):
+                    owner = {}
+                # A holder whose supervisor was killed is stopping (PR_SET_PDEATHSIG): wait for it, as
+                # ProjectLock does, so a search restarted at once gets its workers back.
+                if not orphaned(owner) or time.monotonic() > deadline:
                     raise ProjectError(f"worker id {worker_id} is already running on {self.project} (pid "
                                        f"{owner.get('pid', '?')} on {owner.get('host', '?')}); give another "
                                        "--worker-id") from None
+                time.sleep(0.2)
+            if fd is None:
                 continue
             os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            os.write(fd, json.dumps({"pid": os.getpid(), "parent": os.getppid(),
+                                     "host": socket.gethostname()}).encode())
             self.worker_id, self._fd = worker_id, fd
             return self
         raise ProjectError(f"no free worker id in {folder}")  # pragma: no cover
