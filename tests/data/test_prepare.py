@@ -121,7 +121,7 @@ def test_an_interrupted_build_leaves_nothing_behind(tmp_path, data_dir, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_prepare, "_assemble", interrupted)
+    monkeypatch.setattr(_prepare, "assemble", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(folder, data_dir=data_dir)
     assert list((data_dir / "prepared").iterdir()) == []

@@ -5,21 +5,13 @@ end; its marker, ``prepared.json``, is written last (before the rename). A folde
 without the marker, or a leftover temporary folder, is never used: it is removed and
 built again. One preparation runs at a time per data directory (a file lock).
 
-Every kept source file gets a file of its own in the prepared copy: names that would
-clash once converted files become ``.png`` (``photo.bmp`` and ``photo.webp``), or that
-differ only in case (``a.JPG`` and ``a.jpg``, one file on macOS or Windows), are made
-unique, and each renaming is listed in the warnings.
+This module finds the source and the copy, and builds it: a source is listed and
+scanned (``xtune.data._scan``), then split and named (``xtune.data._assemble``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import math
-import os
-import random
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +19,12 @@ from typing import Any, cast
 
 from xtune import __version__, _atomic
 from xtune.data import _store
+from xtune.data._assemble import assemble
 from xtune.data._scan import (
-    KEPT_GRAY,
     MAX_IMAGE_BYTES,
-    REENCODED,
     SPLITS,
     ConvertedFile,
-    Scanned,
     SkippedFile,
-    _some,
-    format_size,
     list_folder,
     listing_signature,
     scan_entries,
@@ -182,6 +170,18 @@ def _check_settings(validation_fraction, test_fraction, kaggle_split, max_image_
         raise UsageError(f"the Kaggle split asks for {sum(sizes)} images per class; dogs-vs-cats has 12500")
 
 
+def _check_archive(src: _Source, archive: Path | None) -> Path | None:
+    """``--archive`` as an absolute path, refused unless it is a file given for the Kaggle source."""
+    if archive is None:
+        return None
+    if src.kind != "kaggle":
+        raise UsageError(f"--archive is for {KAGGLE_SOURCE} only; {src.text!r} needs none")
+    archive = Path(archive).expanduser().absolute()
+    if not archive.is_file():
+        raise UsageError(f"--archive {archive}: no such file")
+    return archive
+
+
 def _settings(src: _Source, validation_fraction, test_fraction, split_seed, kaggle_split,
               max_image_bytes=MAX_IMAGE_BYTES) -> dict:
     # The limit per image decides which files are kept, so it names the copy like a split does.
@@ -253,12 +253,7 @@ def prepare_data(
     """
     src = _parse_source(source)
     _check_settings(validation_fraction, test_fraction, kaggle_split, max_image_bytes)
-    if archive is not None:
-        if src.kind != "kaggle":
-            raise UsageError(f"--archive is for {KAGGLE_SOURCE} only; {src.text!r} needs none")
-        archive = Path(archive).expanduser().absolute()
-        if not archive.is_file():
-            raise UsageError(f"--archive {archive}: no such file")
+    archive = _check_archive(src, archive)
     settings = _settings(src, validation_fraction, test_fraction, split_seed, kaggle_split, max_image_bytes)
     root_dir = _store.resolve_data_dir(data_dir)
     prepared_dir = root_dir / "prepared"
@@ -274,22 +269,7 @@ def prepare_data(
             reused = _reusable(final, src, settings)  # another process may have just built it
             if reused is not None:
                 return reused
-        tmp = _store.temp_sibling(final)
-        try:
-            record = _build(src, settings, tmp, root_dir, archive, progress)
-            record.update(source=src.text, settings={**settings, **record.get("settings", {})}, format=FORMAT,
-                          xtune_version=__version__, prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            _atomic.write_json(tmp / _store.MARKER, record, indent=1)  # last: marks the copy complete
-            _store.swap_into_place(tmp, final)
-        except OSError as error:
-            _store.remove(tmp)
-            if _store.disk_full(error):
-                raise DataError(f"disk full while preparing {src.text} in {root_dir}; free some space "
-                                "or choose another --data-dir") from None
-            raise
-        except BaseException:
-            _store.remove(tmp)
-            raise
+        record = _build_in_place(src, settings, final, root_dir, archive, progress)
     return PreparedData.from_dict(record, root=final)
 
 
@@ -405,6 +385,30 @@ def _reusable(final: Path, src: _Source, settings: dict) -> PreparedData | None:
 # ---------------------------------------------------------------------------- building
 
 
+def _build_in_place(src: _Source, settings: dict, final: Path, root_dir: Path, archive, progress) -> dict:
+    """Build the copy in a temporary sibling, mark it complete, rename it to ``final``; its record.
+
+    Under the data directory's lock. A failed or interrupted build leaves nothing behind.
+    """
+    tmp = _store.temp_sibling(final)
+    try:
+        record = _build(src, settings, tmp, root_dir, archive, progress)
+        record.update(source=src.text, settings={**settings, **record.get("settings", {})}, format=FORMAT,
+                      xtune_version=__version__, prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        _atomic.write_json(tmp / _store.MARKER, record, indent=1)  # last: marks the copy complete
+        _store.swap_into_place(tmp, final)
+    except OSError as error:
+        _store.remove(tmp)
+        if _store.disk_full(error):
+            raise DataError(f"disk full while preparing {src.text} in {root_dir}; free some space "
+                            "or choose another --data-dir") from None
+        raise
+    except BaseException:
+        _store.remove(tmp)
+        raise
+    return record
+
+
 def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, progress) -> dict:
     if src.kind == "kaggle":
         from xtune.data._archive import kaggle_entries
@@ -427,7 +431,7 @@ def _build(src: _Source, settings: dict, tmp: Path, root_dir: Path, archive, pro
             _store.remove(archive)  # a damaged download must not be reused
             raise DataError(f"{error} (the download was removed: run the same command to download it again)") from None
         _store.remove(tmp / ".work")
-        record = _assemble(scanned, "kaggle", {}, [], [], settings, tmp)
+        record = assemble(scanned, "kaggle", {}, [], [], settings, tmp)
         record["archive"] = str(archive)
         return record
     if src.kind == "demo":
@@ -451,185 +455,8 @@ def _build_folder(folder: Path, settings: dict, tmp: Path | None, progress=None)
         progress(f"checking {len(listing.entries)} files in {folder}")
     scanned = scan_entries(listing.entries, staging=tmp / ".staging" if tmp is not None else None,
                            max_bytes=settings["max_image_bytes"])
-    record = _assemble(scanned, listing.layout, listing.class_dirs, listing.skipped, listing.warnings,
-                       settings, tmp)
+    record = assemble(scanned, listing.layout, listing.class_dirs, listing.skipped, listing.warnings,
+                      settings, tmp)
     record["listing"] = signature
     record["settings"] = {"layout": listing.layout, **settings}
     return record
-
-
-def _assemble(scanned: list[Scanned], layout: str, class_dirs: dict, skipped: list[SkippedFile],
-              warnings: list[str], settings: dict, tmp: Path | None) -> dict:
-    """Skip, split, check and (with ``tmp``) move the kept files into place."""
-    skipped = list(skipped)
-    warnings = list(warnings)
-    converted = []
-    usable: dict[str, list[Scanned]] = {}
-    for s in scanned:
-        if s.verdict.action == "skip":
-            skipped.append(SkippedFile(s.entry.rel, s.verdict.reason))
-            continue
-        if s.verdict.original:
-            action = REENCODED if s.verdict.action == "convert" else KEPT_GRAY
-            converted.append(ConvertedFile(s.entry.rel, s.verdict.original, action))
-        usable.setdefault(s.entry.cls, []).append(s)
-
-    # Classes: empty folders and folders of bad files only are ignored, with a warning.
-    found_files: dict[str, int] = {}
-    for (_, cls), n in class_dirs.items():
-        found_files[cls] = found_files.get(cls, 0) + n
-    for cls in sorted(found_files):
-        if cls in usable:
-            continue
-        if found_files[cls] == 0:
-            warnings.append(f"empty class folder {cls!r} ignored")
-        else:
-            warnings.append(f"class folder {cls!r} ignored: none of its {found_files[cls]} files is a usable image")
-    class_names = tuple(sorted(usable))
-    if len(class_names) < 2:
-        found = f"{len(class_names)} class ({class_names[0]})" if class_names else "no class"
-        raise DataError(
-            f"found {found} with usable images; need at least 2: one sub-folder per class "
-            "(FOLDER/<class>/<images>, or FOLDER/train|validation|test/<class>/<images>)"
-        )
-
-    # Splits.
-    assigned: dict[str, dict[str, list[Scanned]]] = {split: {c: [] for c in class_names} for split in SPLITS}
-    if layout == "classes":
-        for cls in class_names:
-            for split, items in zip(SPLITS, _stratify(cls, usable[cls], settings)):
-                assigned[split][cls] = items
-    else:
-        for cls in class_names:
-            for s in usable[cls]:
-                assert s.entry.split is not None  # a split folder's files name their split
-                assigned[s.entry.split][cls].append(s)
-        for split in SPLITS:
-            if not any(assigned[split].values()):
-                raise DataError(f"the {split} split is empty: no usable images in its class folders")
-        missing = [f"{cls} ({', '.join(s for s in SPLITS if not assigned[s][cls])})"
-                   for cls in class_names if not all(assigned[s][cls] for s in SPLITS)]
-        if missing:
-            raise DataError(f"class missing from a split: {'; '.join(missing)}; every class needs usable images "
-                            "in train, validation and test")
-
-    # Names, fingerprint and (when writing) the files in place.
-    names, renamed = _prepared_names(scanned)
-    if renamed:
-        warnings.append(f"{len(renamed)} file{'s' if len(renamed) != 1 else ''} renamed in the prepared copy, as "
-                        "their names clash ignoring case or the extension: "
-                        + _some([f"{rel} as {name}" for rel, name in renamed]))
-    too_large = sum(s.reason.startswith("file too large") for s in skipped)
-    if too_large:
-        warnings.append(f"{too_large} file{'s' if too_large != 1 else ''} over the limit per image "
-                        f"({format_size(settings['max_image_bytes'])}) skipped: --max-image-mb raises it")
-    digest = hashlib.sha256("\n".join(class_names).encode())
-    lines = []
-    counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        counts[split] = {}
-        for cls in class_names:
-            items = assigned[split][cls]
-            counts[split][cls] = len(items)
-            for s in items:
-                name = names[id(s)]
-                lines.append(f"{split}/{cls}/{name}\t{s.digest}")
-                if tmp is not None:
-                    dst = tmp / split / cls / name
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    if os.path.lexists(dst):  # a file system that folds names further than _name_key
-                        raise DataError(f"{s.entry.rel} and another file would both be {split}/{cls}/{name} in "
-                                        f"the prepared copy on this file system; rename one of them")
-                    assert s.staged is not None  # staged: the scan wrote into tmp's staging folder
-                    os.replace(s.staged, dst)
-    for line in sorted(lines):
-        digest.update(b"\n" + line.encode())
-    if tmp is not None:
-        _store.remove(tmp / ".staging")
-    return {
-        "class_names": list(class_names),
-        "counts": counts,
-        "fingerprint": digest.hexdigest()[:16],
-        "skipped": [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: s.path)],
-        "converted": [{"path": c.path, "original": c.original, "action": c.action}
-                      for c in sorted(converted, key=lambda c: c.path)],
-        "warnings": warnings,
-    }
-
-
-def _stratify(cls: str, items: list[Scanned], settings: dict) -> tuple[list, list, list]:
-    """Seeded split of one class: (train, validation, test), each non-empty."""
-    n = len(items)
-    if n < 3:
-        raise DataError(f"class {cls!r} has {n} usable image{'s' if n != 1 else ''}; a class needs at least 3 "
-                        "to appear in train, validation and test")
-    order = sorted(items, key=lambda s: s.entry.name)
-    random.Random(f"{settings['split_seed']}/{cls}").shuffle(order)
-    n_val = max(1, math.floor(n * settings["validation_fraction"] + 0.5))
-    n_test = max(1, math.floor(n * settings["test_fraction"] + 0.5))
-    while n - n_val - n_test < 1:  # tiny classes: keep one for training
-        if n_val >= n_test and n_val > 1:
-            n_val -= 1
-        else:
-            n_test -= 1
-    test, validation, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    return sorted(train, key=_by_name), sorted(validation, key=_by_name), sorted(test, key=_by_name)
-
-
-def _by_name(s: Scanned) -> str:
-    return s.entry.name
-
-
-def _name_key(name: str) -> str:
-    """What a case-insensitive, normalizing file system (macOS, Windows) sees of a name."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
-
-
-def _split_ext(name: str) -> tuple[str, str]:
-    head, _, last = name.rpartition("/")
-    stem, dot, ext = last.rpartition(".")
-    if not dot or not stem:
-        stem, ext = last, ""
-    else:
-        ext = "." + ext
-    return (head + "/" if head else "") + stem, ext
-
-
-def _prepared_names(scanned: list[Scanned]) -> tuple[dict[int, str], list[tuple[str, str]]]:
-    """Each kept file's name in the prepared copy (by ``id``), and the files renamed for a clash.
-
-    As in the source, with ``.png`` for a re-encoded file (``photo.bmp`` -> ``photo.png``).
-    Names are unique per destination folder ignoring case, and never take another
-    source file's name: files kept as they are claim their names first, in name order;
-    a clash becomes ``photo.webp.png`` (re-encoded) or ``a-2.jpg``, ``a-3.jpg``, ...
-    The destination folder of a class-folders source is the whole class, so the names
-    do not depend on the split.
-    """
-    groups: dict[tuple, list[Scanned]] = {}
-    for s in scanned:
-        groups.setdefault((s.entry.split, s.entry.cls), []).append(s)
-    names: dict[int, str] = {}
-    renamed: list[tuple[str, str]] = []
-    for items in groups.values():
-        # Every source name (skipped ones too: no file takes over another's name) and its folders.
-        sources = {_name_key("/".join(parts[:i])) for s in items
-                   for parts in [s.entry.name.split("/")] for i in range(1, len(parts) + 1)}
-        claimed: set[str] = set()
-        usable = [s for s in items if s.verdict.action != "skip"]
-        for s in sorted(usable, key=lambda s: (s.verdict.action == "convert", s.entry.name)):
-            name = s.entry.name
-            if s.verdict.action == "convert" and not name.lower().endswith(".png"):
-                name = _split_ext(name)[0] + ".png"
-            candidates = [name]
-            if s.verdict.action == "convert" and name != s.entry.name:
-                candidates.append(s.entry.name + ".png")
-            stem, ext = _split_ext(candidates[-1])
-            own = _name_key(s.entry.name)
-            numbered = (f"{stem}-{i}{ext}" for i in itertools.count(2))
-            chosen = next(c for c in itertools.chain(candidates, numbered)
-                          if _name_key(c) not in claimed and (_name_key(c) == own or _name_key(c) not in sources))
-            claimed.add(_name_key(chosen))
-            names[id(s)] = chosen
-            if chosen != name:
-                renamed.append((s.entry.rel, chosen.rsplit("/", 1)[-1]))
-    return names, sorted(renamed)
