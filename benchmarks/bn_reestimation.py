@@ -60,7 +60,7 @@ def measure(preset: str, train: int, test: int, epochs: int, classes: int, size:
     import numpy as np
 
     from xtune.results import classification_metrics, reestimate_batch_norm
-    from xtune.results._export import _inference_model
+    from xtune.results._candidates import _inference_model
     from xtune.spaces import PRESETS, build_model, compile_model
     from xtune.spaces._batchnorm import reestimation_steps
 

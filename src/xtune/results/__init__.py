@@ -18,16 +18,10 @@ from xtune.results._rows import (
 )
 
 if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see them here
-    from xtune.results._export import (
-        CARD_FILE,
-        TOLERANCE,
-        ExportReport,
-        default_epochs,
-        default_export_dir,
-        export_model,
-        export_pareto,
-        verify_formats,
-    )
+    from xtune.results._card import CARD_FILE
+    from xtune.results._export import ExportReport, default_epochs, export_model, export_pareto
+    from xtune.results._formats import TOLERANCE, verify_formats
+    from xtune.results._job import default_export_dir
     from xtune.results._metrics import classification_metrics
     from xtune.results._predict import predict_images, read_card
     from xtune.results._report import write_report
@@ -58,14 +52,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CARD_FILE": "_export",
+    "CARD_FILE": "_card",
     "ExportReport": "_export",
-    "TOLERANCE": "_export",
+    "TOLERANCE": "_formats",
     "default_epochs": "_export",
-    "default_export_dir": "_export",
+    "default_export_dir": "_job",
     "export_model": "_export",
     "export_pareto": "_export",
-    "verify_formats": "_export",
+    "verify_formats": "_formats",
     "write_report": "_report",
     "classification_metrics": "_metrics",
     "predict_images": "_predict",

@@ -1,6 +1,113 @@
-"""The model card's README.md, rendered from model_card.json."""
+"""The model card: what ``model_card.json`` says about an export, and its README.md.
+
+``model_card`` assembles the card once the model is chosen and tested (the export
+adds the format checks, latency and comparison before writing it);
+``render_card_markdown`` renders it for people, one function per section.
+"""
 
 from __future__ import annotations
+
+import datetime as _dt
+from typing import TYPE_CHECKING
+
+from xtune.results._rows import completed_trials
+
+if TYPE_CHECKING:
+    from xtune.results._candidates import Candidate
+    from xtune.results._job import ExportJob
+
+CARD_FILE = "model_card.json"
+CARD_FORMAT = 1
+
+
+def model_card(job: ExportJob, inference, splits, data_info, chosen: Candidate, selection: dict, test) -> dict:
+    """What the exported model is, how it was trained, how it tests (``model_card.json``)."""
+    names = list(splits.class_names)
+    settings, trial = job.state.settings, job.trial
+    trial_id = trial.trial_id if trial is not None else None  # a searched export always has its trial
+    input_shape = (settings.image_size, settings.image_size, 3)
+    sizes = {k: int(v) for k, v in dict(splits.sizes).items()}
+    return {
+        "format": CARD_FORMAT,
+        "created": _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds"),
+        "name": job.name,
+        "model": {
+            "source": (f"preset {job.preset!r} (xtune.spaces.PRESETS)" if job.preset is not None
+                       else f"trial {trial_id} of the search in {job.state.path}"),
+            "trial_id": trial_id if job.preset is None else None,
+            "config": job.config.to_dict(),
+            "widths": list(job.config.widths),
+            "params": int(inference.count_params()),
+            "input_shape": list(input_shape),
+            "input": (f"RGB images resized (bilinear) to {input_shape[0]}x{input_shape[1]}, float32 pixel values "
+                      "in [0, 255], batched: (batch, height, width, 3)"),
+            "output": (f"(batch, 1): sigmoid probability of {names[1]!r}" if len(names) == 2
+                       else f"(batch, {len(names)}): softmax probabilities in class_names order"),
+        },
+        "class_names": names,
+        "data": {
+            "source": settings.data,
+            "fingerprint": (data_info or {}).get("fingerprint"),
+            "splits": sizes,
+            "trained_on": job.train_on,
+            "training_images": sizes["train"] + (sizes["validation"] if job.train_on == "train+val" else 0),
+        },
+        "training": {
+            "retrained": chosen.name == "retrained",
+            "selection": selection,
+            "epochs": job.epochs if chosen.name == "retrained" else job.best_epoch,
+            "epochs_rule": _epochs_rule(chosen.name == "retrained", job.epochs, job.best_epoch, job.train_on, trial),
+            "batch_size": settings.batch_size,
+            "seed": job.seed,
+            "augmentation": {"flip": job.config.flip, "rotation": job.config.rotation, "zoom": job.config.zoom},
+            "optimizer": job.config.optimizer,
+            "learning_rate": job.config.learning_rate,
+            "seconds": round(chosen.seconds, 1),
+            "history": chosen.history,
+            "batch_norm_reestimation": chosen.bn,
+        },
+        "test": test,
+        "search": _search_summary(job.state, trial),
+        "formats": {},
+        "comparison": {},
+        "versions": _versions(),
+    }
+
+
+def _epochs_rule(retrain, epochs, best_epoch, train_on, trial) -> str:
+    if not retrain:
+        return f"the search's checkpoint of trial {trial.trial_id}: its best epoch ({best_epoch}), not retrained"
+    if trial is None:
+        return "--epochs"
+    lineage = f"the epoch that validated best across trial {trial.trial_id}'s lineage ({best_epoch})"
+    if train_on == "train":
+        return lineage
+    return f"{lineage} x (train+val images / train images)"
+
+
+def _search_summary(state, trial) -> dict:
+    completed = completed_trials(state)
+    best = completed[0] if completed else None
+    return {
+        "project": str(state.path),
+        "objective": state.settings.objective,
+        "image_size": state.settings.image_size,
+        "max_epochs": state.settings.max_epochs,
+        "trials_completed": len(completed),
+        "trials_failed": sum(1 for t in state.trials if t.status == "FAILED"),
+        "finished": state.finished is not None,
+        "best_trial": best.trial_id if best else None,
+        "best_score": float(best.score) if best and best.score is not None else None,
+        "exported_trial": trial.trial_id if trial else None,
+        "exported_trial_score": float(trial.score) if trial and trial.score is not None else None,
+        "exported_trial_best_epoch": trial.record.best_epoch if trial else None,
+    }
+
+
+def _versions() -> dict:
+    from xtune.search._project import library_versions
+
+    return library_versions()
 
 
 def render_card_markdown(card: dict) -> str:

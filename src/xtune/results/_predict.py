@@ -9,7 +9,7 @@ import numpy as np
 
 from xtune import _atomic
 from xtune.errors import ProjectError
-from xtune.results._export import CARD_FILE
+from xtune.results._card import CARD_FILE
 from xtune.results._metrics import class_probabilities, predicted_classes
 
 _BATCH = 32

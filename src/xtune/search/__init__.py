@@ -15,7 +15,8 @@ from xtune.search._state import ProjectState, TrialRecord, TrialState, load_proj
 
 if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see them here
     from xtune.search._launch import SearchRequest, start_search, start_worker
-    from xtune.search._run import SearchOutcome, make_tuner, resolve_settings, run_search
+    from xtune.search._preflight import resolve_settings
+    from xtune.search._run import SearchOutcome, make_tuner, run_search
     from xtune.search._worker import WorkerRequest
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 _LAZY = {
     "SearchOutcome": "_run",
     "make_tuner": "_run",
-    "resolve_settings": "_run",
+    "resolve_settings": "_preflight",
     "run_search": "_run",
     "SearchRequest": "_launch",
     "start_search": "_launch",

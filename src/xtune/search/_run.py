@@ -4,14 +4,15 @@
 resume), take the lock, load the data, repair what a crash damaged, make the tuner,
 run it. ``tune search`` calls it in a supervised child process (``xtune._process``);
 tests and benchmarks call it directly. A chief (``xtune.search._chief``) runs the
-same set-up and then serves the oracle instead of running trials.
+same set-up and then serves the oracle instead of running trials. What is settled and
+checked before the lock is taken (the settings, the folder, the budget, a warm start)
+is in ``xtune.search._preflight``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import signal
 import threading
 import time
@@ -22,27 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 from xtune import _atomic
 from xtune._events import Event, SearchStarted
-from xtune._owned import (
-    SEARCH_ENTRIES,
-    SEARCH_MARKER,
-    describe,
-    entries,
-    has_marker,
-    is_inside,
-    remove_owned,
-    write_marker,
-)
+from xtune._owned import SEARCH_ENTRIES, SEARCH_MARKER, has_marker, remove_owned, write_marker
 from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan
+from xtune.search._preflight import (
+    check_budget,
+    check_writable,
+    record_extension,
+    resolve_settings,
+    warm_start_record,
+)
 from xtune.search._project import (
     FINISHED_FILE,
     LOCK_FILE,
     RUN_FILE,
     ProjectLock,
     SearchSettings,
-    check_image_size,
     read_run,
-    settings_conflicts,
     write_run,
 )
 from xtune.search._state import load_project
@@ -50,14 +47,6 @@ from xtune.search._state import load_project
 if TYPE_CHECKING:
     from xtune.search._tuner import SearchTuner
     from xtune.spaces import SearchSpace
-
-FLAGS = {name: "--" + name.replace("_", "-") for name in SearchSettings.__dataclass_fields__}
-FLAGS.update(kaggle_split="--split-sizes", max_consecutive_failures="--max-failures",
-             max_image_bytes="--max-image-mb")
-
-
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 @dataclass
@@ -111,118 +100,7 @@ def search_outcome(project: Path, status: str, plan: HyperbandPlan, resumed: boo
     return outcome
 
 
-# -- settings ------------------------------------------------------------------------------------
-
-
-def resolve_settings(project: Path, given: dict, *, space_ref: str | Path | SearchSpace | None = None,
-                     overwrite: bool = False) -> tuple[SearchSettings, SearchSpace, dict | None]:
-    """The settings and space of a search: from run.json on resume, else from ``given``.
-
-    Args:
-        project: The search directory.
-        given: Settings passed explicitly (flag name without dashes -> value).
-        space_ref: ``--space`` as given (a file or built-in name), or None.
-        overwrite: Start over even if ``project`` holds a search.
-
-    Returns:
-        ``(settings, space, run)`` where ``run`` is the stored run.json or None.
-
-    Raises:
-        UsageError: A flag conflicts with run.json (naming it), a bad value, or a
-            folder that is not a search.
-    """
-    from xtune.spaces import SearchSpace, load_space
-
-    project = Path(project)
-    given = {k: v for k, v in given.items() if v is not None}
-    if not overwrite and (project / RUN_FILE).exists():
-        run = read_run(project)
-        stored = SearchSettings.from_dict(run["settings"])
-        conflicts = settings_conflicts(stored, given)
-        more = next((c for c in conflicts if c[0] == "max_trials" and c[1] > c[2]), None)
-        if more is not None:  # a bigger budget extends the search with whole new brackets
-            conflicts.remove(more)
-            stored = extended(stored, more[1])
-        space = SearchSpace.from_dict(run["space"])
-        if space_ref is not None:
-            asked = load_space(space_ref)
-            if json.loads(json.dumps(asked.to_dict()["specs"])) != run["space"]["specs"]:
-                conflicts.append(("space", space_ref, run["space"]["name"]))
-        if conflicts:
-            name, value, old = conflicts[0]
-            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-            raise UsageError(
-                f"{flag} {_show(value)} conflicts with this search's {_show(old)} ({project / RUN_FILE}); "
-                "drop the flag to resume, or pass --overwrite to start over"
-            )
-        return stored, space, run
-    check_new_project(project, given.get("data"))
-    if "data" not in given:
-        raise UsageError("--data is required to start a search (demo, kaggle:dogs-vs-cats, or a folder)")
-    settings = SearchSettings(**given)
-    check_image_size(settings.image_size)
-    for name in ("batch_size", "max_consecutive_failures"):
-        if getattr(settings, name) < 1:
-            raise UsageError(f"{FLAGS[name]} must be at least 1; got {getattr(settings, name)}")
-    if settings.objective not in ("val_accuracy", "val_loss", "accuracy", "loss"):
-        raise UsageError(f"--objective must be val_accuracy, val_loss, accuracy or loss; got {settings.objective!r}")
-    return settings, load_space(space_ref), None
-
-
-def extended(settings: SearchSettings, max_trials: int) -> SearchSettings:
-    """The settings of a search extended to ``max_trials``: the same brackets per
-    iteration, so the plan run so far is the start of the new one (whole new brackets follow)."""
-    import dataclasses
-
-    return dataclasses.replace(settings, max_trials=max_trials,
-                               brackets_per_iteration=settings.plan().num_brackets)
-
-
-def record_extension(project: Path, run: dict, settings: SearchSettings) -> str | None:
-    """Write an extension into run.json (and the search is no longer finished); the note to show."""
-    stored = SearchSettings.from_dict(run["settings"])
-    if stored.max_trials == settings.max_trials:
-        return None
-    before, after = stored.plan(), settings.plan()
-    run["settings"] = settings.to_dict()
-    run.setdefault("extensions", []).append({"from_max_trials": stored.max_trials, "to_max_trials": settings.max_trials,
-                                             "brackets_added": len(after.brackets) - len(before.brackets),
-                                             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    _atomic.write_json(project / RUN_FILE, run)
-    (project / FINISHED_FILE).unlink(missing_ok=True)
-    return (f"extended from {before.total_trials} to {after.total_trials} planned trials: "
-            f"{len(after.brackets) - len(before.brackets)} new bracket(s); the {len(before.brackets)} before are kept")
-
-
-def is_search(project: Path) -> bool:
-    """Whether ``project`` is a search directory xtune wrote (its marker, or a run.json)."""
-    return has_marker(project, "search") or (Path(project) / RUN_FILE).exists()
-
-
-def check_new_project(project: Path, data: str | None) -> None:
-    """Refuse to start a search in a folder that holds anything xtune did not write.
-
-    An existing search (``--overwrite``) or an empty folder is fine; anything else is
-    one line naming what is there, and nothing is touched. The project may not
-    overlap a dataset folder either.
-
-    Raises:
-        UsageError: The folder is not ours, or it overlaps the data.
-    """
-    project = Path(project)
-    if data is not None and Path(data).expanduser().is_dir():
-        folder = Path(data).expanduser()
-        if is_inside(project, folder) or is_inside(folder, project):
-            raise UsageError(f"--project {project} overlaps the data folder {folder}; "
-                             "keep searches apart from the data")
-    if not project.exists():
-        return
-    if not project.is_dir():
-        raise UsageError(f"--project {project} is a file, not a folder; choose another --project")
-    present = [name for name in entries(project) if name not in (LOCK_FILE, SEARCH_MARKER)]
-    if present and not is_search(project):
-        raise UsageError(f"{project} is not a tune search: it holds {describe(present, project)}; "
-                         "choose another --project")
+# -- checks --------------------------------------------------------------------------------------
 
 
 def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
@@ -237,28 +115,6 @@ def check_plan_fits_space(plan: HyperbandPlan, space) -> None:
             f"the space {space.name!r} has {available} distinct configurations but the plan samples "
             f"{plan.architectures}; lower --max-trials or widen the space"
         )
-
-
-def check_budget(settings: SearchSettings, space, plan: HyperbandPlan, num_classes: int) -> None:
-    """Refuse, before training, a size budget that leaves too few configurations for the plan."""
-    budget = settings.budget()
-    if not budget:
-        return
-    from xtune.spaces import count_flops, count_params
-    from xtune.spaces._budget import budget_share
-
-    size = settings.image_size
-    shape = (size, size, 3)
-    share = budget_share(space, budget, shape, num_classes)
-    where = f"{budget.describe()} at {size}x{size} with {num_classes} classes"
-    if share.configurations_fitting == 0:
-        smallest = space.extreme_config(largest=False)
-        raise UsageError(f"no configuration of the space {space.name!r} fits {where} (the smallest has "
-                         f"{count_params(smallest, shape, num_classes):,} parameters and "
-                         f"{count_flops(smallest, shape, num_classes):,} FLOPs); raise the budget or change the space")
-    if share.configurations_fitting < plan.architectures:
-        raise UsageError(f"only {share.configurations_fitting:,} configurations of the space {space.name!r} fit {where}, "
-                         f"but the plan samples {plan.architectures}; lower --max-trials or raise the budget")
 
 
 # -- signals -------------------------------------------------------------------------------------
@@ -394,18 +250,10 @@ def run_search(
     Raises:
         UsageError, ProjectError, DataError: one-line user errors.
     """
-    from xtune._runtime import configure_devices, distribution_strategy
-    from xtune.search import _kt
-
     project = Path(project)
     emit = progress or (lambda event: None)
-    settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
+    settings, space, run, warm = _resolve(project, given, space_ref, overwrite, warm_start)
     plan = settings.plan()
-    check_plan_fits_space(plan, space)
-    if warm_start is not None and run is not None:
-        raise UsageError(f"--warm-start starts a new search; {project} already holds one (resume it without "
-                         "--warm-start, or pass --overwrite)")
-    warm = warm_start_record(Path(warm_start[0]), int(warm_start[1]), space) if warm_start is not None else None
     stop_event = stop_event or threading.Event()
     created = not project.exists()
     if (early := _stop_early(project, plan, run, stop_event)) is not None:  # asked to stop while starting
@@ -414,37 +262,90 @@ def run_search(
         check_writable(project)
         extension = record_extension(project, run, settings) if run is not None else None
         if run is not None and load_project(project).done:
-            # Nothing to train; still repair what a crash damaged (status said it would).
-            with _kt.patched():
-                classes = len((run.get("data") or {}).get("class_names") or []) or 2
-                notes = prepare_directory(project, settings, space, run, None, classes)
-            _finish(project)
-            return search_outcome(project, "already finished", plan, True, notes)
-        try:
-            if splits is None:
-                splits, data_info = load_data(project, settings, run, data_dir, archive)
-            check_budget(settings, space, plan, len(splits.class_names))
-        except BaseException:
-            if created:  # a bad dataset leaves nothing behind
-                remove_owned(project, SEARCH_ENTRIES)
-                with contextlib.suppress(OSError):
-                    project.rmdir()
-            raise
+            return _already_finished(project, settings, space, plan, run)
+        splits, data_info = _search_data(project, created, settings, space, plan, run, data_dir, archive, splits,
+                                         data_info)
         if (early := _stop_early(project, plan, run, stop_event)) is not None:  # loading the data took a while
             return early
-        if overwrite:  # only what xtune wrote: the user's files and earlier exports stay
-            remove_owned(project, SEARCH_ENTRIES, keep=(LOCK_FILE, SEARCH_MARKER))
-            run = None
-        if not has_marker(project, "search"):
-            write_marker(project, "search")
-        with _kt.patched():
-            notes = prepare_directory(project, settings, space, run, data_info, len(splits.class_names), warm)
-            notes += [extension] if extension else []
-            devices = None if chief is not None else configure_devices(mixed_precision)
-            strategy_obj = None if chief is not None else distribution_strategy(strategy)
-            return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
-                        emit, stop_event, recycle_mb=recycle_mb, epoch_backups=epoch_backups,
-                        tensorboard=tensorboard, refresh_batch_norm=refresh_batch_norm)
+        run = _claim(project, run, overwrite)
+        return _prepare_and_run(project, settings, space, run, splits, data_info, warm, extension, chief, emit,
+                                stop_event, mixed_precision, strategy, recycle_mb=recycle_mb,
+                                epoch_backups=epoch_backups, tensorboard=tensorboard,
+                                refresh_batch_norm=refresh_batch_norm)
+
+
+def _resolve(project: Path, given: dict, space_ref, overwrite: bool, warm_start: tuple | None
+             ) -> tuple[SearchSettings, SearchSpace, dict | None, dict | None]:
+    """The settings, space and run.json of the search (``resolve_settings``), checked; a warm start's record."""
+    settings, space, run = resolve_settings(project, given, space_ref=space_ref, overwrite=overwrite)
+    check_plan_fits_space(settings.plan(), space)
+    if warm_start is not None and run is not None:
+        raise UsageError(f"--warm-start starts a new search; {project} already holds one (resume it without "
+                         "--warm-start, or pass --overwrite)")
+    warm = warm_start_record(Path(warm_start[0]), int(warm_start[1]), space) if warm_start is not None else None
+    return settings, space, run, warm
+
+
+def _already_finished(project: Path, settings: SearchSettings, space, plan: HyperbandPlan,
+                      run: dict) -> SearchOutcome:
+    """A resumed search whose plan is done trains nothing, but what a crash damaged is still repaired
+    (status said it would)."""
+    from xtune.search import _kt
+
+    with _kt.patched():
+        classes = len((run.get("data") or {}).get("class_names") or []) or 2
+        notes = prepare_directory(project, settings, space, run, None, classes)
+    _finish(project)
+    return search_outcome(project, "already finished", plan, True, notes)
+
+
+def _search_data(project: Path, created: bool, settings: SearchSettings, space, plan: HyperbandPlan,
+                 run: dict | None, data_dir, archive, splits, data_info):
+    """The splits to search (``splits`` when given, else ``load_data``) and the data record, within the size budget.
+
+    A new search whose data fails (or does not fit the budget) leaves no folder behind.
+    """
+    try:
+        if splits is None:
+            splits, data_info = load_data(project, settings, run, data_dir, archive)
+        check_budget(settings, space, plan, len(splits.class_names))
+    except BaseException:
+        if created:  # a bad dataset leaves nothing behind
+            remove_owned(project, SEARCH_ENTRIES)
+            with contextlib.suppress(OSError):
+                project.rmdir()
+        raise
+    return splits, data_info
+
+
+def _claim(project: Path, run: dict | None, overwrite: bool) -> dict | None:
+    """Mark ``project`` as a search; with ``overwrite``, first remove what an earlier search wrote.
+
+    Returns:
+        The run.json to resume, or None for a new search.
+    """
+    if overwrite:  # only what xtune wrote: the user's files and earlier exports stay
+        remove_owned(project, SEARCH_ENTRIES, keep=(LOCK_FILE, SEARCH_MARKER))
+        run = None
+    if not has_marker(project, "search"):
+        write_marker(project, "search")
+    return run
+
+
+def _prepare_and_run(project: Path, settings: SearchSettings, space, run: dict | None, splits, data_info,
+                     warm: dict | None, extension: str | None, chief, emit, stop_event: threading.Event,
+                     mixed_precision: str, strategy: str | None, **tuner_options) -> SearchOutcome:
+    """Write run.json (or repair a resumed search), set up the devices (not for a chief: it trains nothing), run."""
+    from xtune._runtime import configure_devices, distribution_strategy
+    from xtune.search import _kt
+
+    with _kt.patched():
+        notes = prepare_directory(project, settings, space, run, data_info, len(splits.class_names), warm)
+        notes += [extension] if extension else []
+        devices = None if chief is not None else configure_devices(mixed_precision)
+        strategy_obj = None if chief is not None else distribution_strategy(strategy)
+        return _run(project, settings, space, splits, run is not None, notes, devices, strategy_obj, chief,
+                    emit, stop_event, **tuner_options)
 
 
 def _stop_early(project: Path, plan: HyperbandPlan, run: dict | None,
@@ -522,47 +423,6 @@ def _finish(project: Path) -> None:
         _atomic.read_json(path)
     except (OSError, ValueError):
         _atomic.write_json(path, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def warm_start_record(other: Path, top: int, space) -> dict:
-    """The K best distinct configurations of another search, as run.json keeps them.
-
-    Its data and image size may differ (they are recorded); configurations outside
-    this search's space are left out, since this search could never have drawn them.
-
-    Raises:
-        UsageError: ``top`` below 1, or the other search has no completed trial.
-    """
-    from xtune.search._sampler import active_values, config_key
-
-    if top < 1:
-        raise UsageError(f"--warm-start-top must be at least 1; got {top}")
-    state = load_project(other)
-    allowed = {spec.name: spec.all_values() for spec in space.specs}
-    configs, seen = [], set()
-    for trial in state.ranked():
-        values = active_values(space, {**space.default_config().to_dict(), **trial.values})
-        if any(v not in allowed[k] for k, v in values.items()) or config_key(values) in seen:
-            continue
-        seen.add(config_key(values))
-        configs.append(values)
-        if len(configs) == top:
-            break
-    if not configs:
-        raise UsageError(f"--warm-start {other}: no completed trial there fits this search's space")
-    return {"project": str(Path(other).resolve()), "search_id": state.run.get("search_id"), "top": top,
-            "data": state.settings.data, "image_size": state.settings.image_size, "configs": configs}
-
-
-def check_writable(project: Path) -> None:
-    """Refuse a project directory this process cannot write, before any training."""
-    probe = project / f".write-check{_atomic.TMP_MARK}probe"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ProjectError(f"cannot write in {project} ({error.strerror or error}); "
-                           "make it writable or choose another --project") from None
 
 
 def load_data(project: Path, settings: SearchSettings, run: dict | None, data_dir, archive=None):
