@@ -134,7 +134,10 @@ def test_chief_and_workers_across_machines_then_a_single_process_resumes(image_f
             result = CliRunner().invoke(tune, ["search", "--project", str(project), *extra])
             assert result.exit_code == 1, result.output
             assert "is being searched by another tune process" in result.output
-        slow = {"XTUNE_FAULT_PAUSE_WRITE": _PAUSE, "XTUNE_FAULT_PAUSE_WRITE_MATCH": "backup/state"}
+        # A trial's checkpoint write pauses: the chief reports epoch 1 once its backup is on disk,
+        # and the kill below must land before the trial's last epoch ends it (that epoch writes
+        # no backup, so nothing else would hold the trial open).
+        slow = {"XTUNE_FAULT_PAUSE_WRITE": _PAUSE, "XTUNE_FAULT_PAUSE_WRITE_MATCH": "checkpoint.weights"}
         workers = {w: _spawn(["worker", "--chief", address, "--project", str(project), "--worker-id", w,
                               "--strategy", "mirrored"], env=slow)  # one replica on a CPU, but the same code path
                    for w in ("a", "b")}

@@ -93,9 +93,9 @@ def test_narrowing_fixes_restricts_and_narrows(tmp_path):
     assert space["dropout"].all_values() == (0.0, 0.1, 0.2, 0.3)
     assert space["dropout"].default == 0.2
     # bn_momentum cannot matter with batch norm fixed off.
-    # stages 3, width 2, growth 3, residual 2, convs 3, kernel 2, stem 3x3, dropout 4,
+    # stages 3, width 2, growth 3, residual 2, convs 3, kernel 2, stem 3x3, head 2, dropout 4,
     # flip/rotation/zoom 3x3x3, optimizer 2, learning rate 4; conv type and BN fixed.
-    assert space.num_configurations() == 3 * 2 * 3 * 2 * 3 * 2 * 3 * 3 * 4 * 3 * 3 * 3 * 2 * 4
+    assert space.num_configurations() == 3 * 2 * 3 * 2 * 3 * 2 * 3 * 3 * 2 * 4 * 3 * 3 * 3 * 2 * 4
     hp = keras_tuner.HyperParameters()
     config = sample_config(hp, space)
     assert config.conv_type == "standard" and config.batch_norm is False and config.num_stages == 4
