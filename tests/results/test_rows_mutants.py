@@ -27,11 +27,16 @@ def rows_project(tmp_path):
                 flops=7000, seconds=12.5)
     write_trial(p, "0001", score=0.9, bracket=1, round=1, epochs=4, initial_epoch=2, parent="0009",
                 history=[ACC(3, 0.9, 0.3)], best_epoch=3)  # sizes not recorded: computed
-    write_trial(p, "0002", "FAILED", message=BOOM)
+    # Failed at its second epoch: its first is on record, and trial.json holds a score.
+    write_trial(p, "0002", "FAILED", score=0.95, message=BOOM, history=[ACC(1, 0.95, 0.1)], best_epoch=1)
     write_trial(p, "0003", "FAILED", message=BOOM, reason="out of memory")  # our record's reason comes first
     write_trial(p, "0004", "RUNNING", backup_epochs=1)
-    write_trial(p, "0005", "INVALID", epochs=4, initial_epoch=2, seconds_before=3.0, seconds_run=1.5)
+    # Its failed first run left a message in trial.json; it runs again, so it has no reason.
+    write_trial(p, "0005", "INVALID", epochs=4, initial_epoch=2, seconds_before=3.0, seconds_run=1.5, message=BOOM)
     write_trial(p, "0006", score=None)  # completed without a score: unranked
+    write_trial(p, "0008", "FAILED")  # no message, no reason
+    write_trial(p, "0009", "FAILED", message="Error:\n" + "x" * 400)  # a long reason is cut
+    write_trial(p, "0010", score=0.6, bracket=2, record=False)  # no record: trial.json says it all
     folder = write_trial(p, "0007", score=0.7, bracket=2, history=[ACC(1, 0.7, 0.6)], best_epoch=1)
     trial = json.loads((folder / "trial.json").read_text())
     trial["hyperparameters"]["values"] = {**VALUES, "tuner/epochs": 2}  # no bracket or round: the record's
@@ -55,11 +60,15 @@ def test_rows_rank_completed_trials_then_list_the_others(rows_project):
         _row(rank=2, trial_id="0000", best_epoch=2, score=0.8, tie_breaker=0.4, params=5000, flops=7000,
              seconds=12.5),
         _row(rank=3, trial_id="0007", bracket=2, best_epoch=1, score=0.7, tie_breaker=0.6),
+        _row(rank=4, trial_id="0010", bracket=2, score=0.6),  # sizes from trial.json's values
         # Interrupted (the search is not running): the epochs their backups saved.
         _row(trial_id="0004", status="INTERRUPTED", epochs=1),
         _row(trial_id="0005", status="INTERRUPTED", initial_epoch=2, epochs=2, seconds=4.5),
+        # Failed: a reason, and no score, best epoch or tie-breaker even when some are on record.
         _row(trial_id="0002", status="FAILED", reason="ValueError: boom"),
         _row(trial_id="0003", status="FAILED", reason="out of memory"),
+        _row(trial_id="0008", status="FAILED"),
+        _row(trial_id="0009", status="FAILED", reason="x" * 300),
         _row(trial_id="0006"),  # completed, no score: after everything else
     ]
 
@@ -67,7 +76,7 @@ def test_rows_rank_completed_trials_then_list_the_others(rows_project):
 def test_while_the_search_runs_its_unfinished_trials_are_running(rows_project):
     with held_lock(rows_project):
         rows = trial_rows(load_project(rows_project))
-    assert [(r["trial_id"], r["status"], r["epochs"]) for r in rows[3:5]] == [("0004", "RUNNING", 1),
+    assert [(r["trial_id"], r["status"], r["epochs"]) for r in rows[4:6]] == [("0004", "RUNNING", 1),
                                                                             ("0005", "RUNNING", 2)]
 
 
@@ -135,4 +144,10 @@ def test_results_and_the_best_configuration(rows_project):
     assert results.to_dict() == {
         "project": str(rows_project), "state": "interrupted", "objective": "val_accuracy", "tie_breaker": "val_loss",
         "trials": results.rows, "best": results.best, "problems": problems, "warm_start": None}
-    assert len(search_results(rows_project).rows) == 8  # no `top`: every trial
+    assert len(search_results(rows_project).rows) == 11  # no `top`: every trial
+
+
+def test_results_name_where_a_warm_start_came_from(tmp_path):
+    warm = {"from": "runs/earlier", "top": 5, "configurations": [{"num_stages": 2}]}
+    p = new_project(tmp_path / "warm", run_extra={"warm_start": warm})
+    assert search_results(p).warm_start == warm and search_results(p).to_dict()["warm_start"] == warm

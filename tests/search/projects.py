@@ -11,12 +11,12 @@ from xtune.spaces import load_space
 VALUES = {"num_stages": 2, "base_width": 8}  # a small member of the family (the rest: the space's defaults)
 
 
-def new_project(path: Path, *, class_names=("a", "b"), **settings) -> Path:
+def new_project(path: Path, *, class_names=("a", "b"), run_extra=None, **settings) -> Path:
     """run.json of a search over the "small" space (10 trials, 4 epochs: 10 planned trials unless changed)."""
     path.mkdir(parents=True, exist_ok=True)
     settings = {"max_trials": 10, "max_epochs": 4, "image_size": 32, **settings}
     write_run(path, SearchSettings(data="generated", **settings), load_space("small").to_dict(),
-              {"class_names": list(class_names)})
+              {"class_names": list(class_names)}, run_extra)
     return path
 
 

@@ -11,7 +11,7 @@ import pytest
 from keras_tuner.engine.trial import TrialStatus as TS
 
 from xtune.search import _kt, hyperband_plan
-from xtune.search._oracle import PlannedHyperbandOracle
+from xtune.search._oracle import PlannedHyperbandOracle, trial_values
 from xtune.search._sampler import ConfigSampler
 from xtune.spaces import load_space, sample_config
 
@@ -172,3 +172,9 @@ def test_a_trial_carries_the_registered_space(tmp_path):
     assert registered and [hp.name for hp in trial.hyperparameters.space] == registered
     saved = json.loads((tmp_path / "p" / f"trial_{trial.trial_id}" / "trial.json").read_text())
     assert [hp["config"]["name"] for hp in saved["hyperparameters"]["space"]] == registered
+
+
+def test_trial_values_are_the_architectures_without_bookkeeping(tmp_path):
+    trial = make_oracle(tmp_path, PLAN).create_trial("w0")
+    assert trial_values(trial) == {k: v for k, v in values(trial).items() if not k.startswith(("tuner/", "xtune/"))}
+    assert trial_values(trial) and "tuner/epochs" in values(trial) and "xtune/seed" in values(trial)

@@ -26,7 +26,8 @@ def mixed(tmp_path):
     write_trial(p, "0002", score=None, bracket=1)  # completed, but no score anywhere
     write_trial(p, "0003", "FAILED", score=0.99, bracket=1, message=BOOM)  # a failed trial's partial score
     write_trial(p, "0004", "RUNNING", bracket=1, round=1, epochs=4, initial_epoch=2, parent="0000", backup_epochs=3)
-    write_trial(p, "0005", trial_json="damaged", epochs=4, record_seed=7)
+    write_trial(p, "0005", trial_json="damaged", bracket=1, round=1, epochs=4, initial_epoch=2, parent="0000",
+                record_seed=7)
     write_trial(p, "0006", score=0.999)  # created, never recorded in oracle.json (a kill between two writes)
     write_trial(p, "0007", "FAILED", record="damaged", message="out of memory")
     write_trial(p, "0008", "INVALID", backup_epochs=1)  # to run again on resume
@@ -51,13 +52,38 @@ def test_each_trial_is_read_as_its_files_say(mixed):
                                                                                      {"epochs_done": 3}, 3)
     t = by_id["0005"]  # trial.json damaged: the record knows the essentials
     assert (t.status, t.score, t.bracket, t.round, t.epochs, t.initial_epoch, t.seed, t.values) == \
-        ("RUNNING", None, 0, 0, 4, 0, 7, {"num_stages": 2, "base_width": 8})
-    assert t.epochs_saved == 0  # no backup: nothing beyond its starting epoch
+        ("RUNNING", None, 1, 1, 4, 2, 7, {"num_stages": 2, "base_width": 8})
+    assert t.epochs_saved == 2  # no backup: nothing beyond its starting epoch
     assert by_id["0007"].record == TrialRecord("0007") and by_id["0007"].message == "out of memory"
     assert len(state.problems) == 3
     assert state.problems[0] == "trial 0002 is completed but has no score; it is left out of the ranking"
     assert "trial_0005/trial.json" in state.problems[1]
     assert "trial_0007/xtune.json is damaged (not a trial record)" in state.problems[2]
+    assert state.oracle == json.loads((mixed / "oracle.json").read_text())
+
+
+@pytest.mark.xfail(strict=True, reason="bug: _trial_state rebuilds a damaged trial.json's values from our record "
+                                       "without record.parent (the repair does restore it)")
+def test_a_damaged_trial_json_keeps_the_parent_our_record_knows(mixed):
+    assert {t.trial_id: t for t in load_project(mixed).trials}["0005"].parent == "0000"
+
+
+def test_damaged_files_are_listed_not_raised(tmp_path):
+    p = new_project(tmp_path / "p")
+    write_trial(p, "0000", score=0.5, backup_epochs=1)
+    (p / "trial_0000" / "backup" / "state.json").write_text("{")  # damaged mid-write: as if no backup
+    write_trial(p, "0001", "RUNNING", backup_epochs=1)
+    (p / "trial_0001" / "backup" / "state.json").write_text("[1]")  # not a backup
+    write_trial(p, "0002", record="damaged", trial_json="damaged")  # nothing readable: left out
+    (p / "trial_0003").mkdir()  # created, nothing written yet: left out
+    write_trial(p, "0004", score=0.6)
+    (p / "oracle.json").write_text('{"start_order": ["00')  # damaged: every trial folder is read
+    state = load_project(p)
+    assert [t.trial_id for t in state.trials] == ["0000", "0001", "0004"]
+    assert state.trial("0").backup is None and state.trial("1").backup is None and state.trial("1").epochs_saved == 0
+    assert state.oracle is None and len(state.problems) == 3
+    assert "oracle.json" in state.problems[0] and "trial_0002/xtune.json" in state.problems[1] \
+        and "trial_0002/trial.json" in state.problems[2]
 
 
 def test_only_completed_trials_with_a_score_are_ranked(mixed):
@@ -84,7 +110,7 @@ def test_interrupted_trials_and_the_epochs_their_backups_saved(mixed):
     expected = {"project": str(mixed), "state": "interrupted", "objective": "val_accuracy", "plan_trials": 10,
                 "trials_ended": 5, "completed": 3, "failed": 2, "best": {"trial_id": "0001", "score": 0.9},
                 "interrupted": [{"trial_id": "0004", "epochs_saved": 3, "initial_epoch": 2, "epochs": 4},
-                                {"trial_id": "0005", "epochs_saved": 0, "initial_epoch": 0, "epochs": 4},
+                                {"trial_id": "0005", "epochs_saved": 2, "initial_epoch": 2, "epochs": 4},
                                 {"trial_id": "0008", "epochs_saved": 1, "initial_epoch": 0, "epochs": 2}],
                 "running": [], "epochs_saved": 2, "epochs_done": 12, "plan_epochs": 26, "owner": None,
                 "problems": state.problems}
@@ -111,7 +137,9 @@ def _all_ended(project, n=10, running=()):
 
 
 def test_the_state_label(tmp_path):
-    assert load_project(new_project(tmp_path / "empty")).label == "not started"
+    empty = new_project(tmp_path / "empty")
+    assert load_project(empty).label == "not started"
+    assert search_status(empty)["state"] == "not started" and search_status(empty)["best"] is None
     # Every planned trial ended: finished, even when finished.json is damaged (it is written last).
     p = new_project(tmp_path / "ended")
     _all_ended(p)
