@@ -92,6 +92,7 @@ def test_a_round_with_nothing_to_promote_ends_its_bracket(tmp_path):
     trials = drive(oracle, fail=lambda t: t.hyperparameters.values["tuner/bracket"] == 1)
     # Bracket 1's five first-round trials all failed: no promotion; bracket 0 still runs.
     assert [t.hyperparameters.values["tuner/bracket"] for t in trials] == [1] * 5 + [0] * 3
+    assert oracle.is_finished()  # bracket 1 is over, not waiting for promotions that cannot come
 
 
 def test_same_seed_same_architectures_in_the_same_order(tmp_path):

@@ -319,6 +319,8 @@ def _trial_state(trial_id: str, raw: dict | None, record: TrialRecord, trial_dir
     else:  # trial.json damaged: our record still knows the essentials
         values = {**record.values, "tuner/bracket": record.bracket, "tuner/round": record.round,
                   "tuner/epochs": record.epochs, "tuner/initial_epoch": record.initial_epoch}
+        if record.parent is not None:
+            values["tuner/trial_id"] = record.parent
         status, score, message = record.status or "RUNNING", None, None
     if status == "COMPLETED" and score is None:
         best = record.best()
