@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 # In the order `make bench` runs them (quick first).
-BENCHMARKS = ["startup", "prepare_memory", "pipeline", "search_costs", "eta", "quality", "distributed"]
+BENCHMARKS = ["startup", "prepare_memory", "pipeline", "search_costs", "eta", "budget", "quality", "distributed"]
 
 
 def _run(name: str, attempts: int = 3) -> None:

@@ -80,6 +80,21 @@ def rows() -> list[str]:
                             f"{sum(b['with_backups_s']) / len(b['with_backups_s']):.0f} s",
                             f"{sum(b['without_backups_s']) / len(b['without_backups_s']):.0f} s",
                             f"{b['ratio']:.3f}", "close to 1", "python -m benchmarks search_costs"))
+    if (r := _load("budget")):
+        p, c, q = r["plan"], r["budget_check"], r["ratio_budgeted_over_unbudgeted"]
+        b, u = r["runs"]["budgeted"], r["runs"]["unbudgeted"]
+        what = (f"size budget `--max-params {p['max_params']:,}` vs none (demo digits, {b['trials_total']} trials, "
+                f"max {p['max_epochs']} epochs, space {p['space']}, {p['image_size']} px, seed {p['seed']})")
+        out.append(_row(f"{what}: test accuracy of the exported model", f"{b['test_accuracy']:.3f}",
+                        f"{u['test_accuracy']:.3f}", f"{q['test_accuracy']:.3f}", "-", "python -m benchmarks budget"))
+        out.append(_row(f"{what}: parameters of the exported model (trials over the budget: "
+                        f"{c['budgeted_trials_over']} of {c['budgeted_trials']} budgeted, "
+                        f"{c['unbudgeted_trials_over']} of {c['unbudgeted_trials']} unbudgeted)",
+                        f"{b['params']:,}", f"{u['params']:,}", f"{q['params']:.3f}",
+                        f"every trial <= {p['max_params']:,}", "python -m benchmarks budget"))
+        out.append(_row(f"{what}: wall time, search / export", f"{b['search_s']:.0f} s / {b['export_s']:.0f} s",
+                        f"{u['search_s']:.0f} s / {u['export_s']:.0f} s",
+                        f"{q['search_s']:.2f} / {q['export_s']:.2f}", "<= 1", "python -m benchmarks budget"))
     if (r := _load("quality")):
         table = r.get("table", [])
         if "entries" in r:  # rebuilt from the entries, so a re-run of one tool shows at once
