@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 from xtune.errors import UsageError
 
@@ -190,3 +191,30 @@ def training_forward(model):
 
         return forward
     return lambda images: model(images, training=True)
+
+
+class SignalRelay:
+    """Sets a ``threading.Event`` for a signal handler, without taking a lock in the handler.
+
+    A handler runs between two bytecodes of the main thread, possibly inside
+    ``Event.set`` itself (the supervisor's SIGTERM and the parent-death SIGTERM can
+    arrive together): calling ``Event.set`` there again waits forever on the lock the
+    interrupted call holds (a killed search's child was seen hung so, holding its
+    project's lock). The handler only sets a flag; this daemon thread sets the event.
+    """
+
+    def __init__(self, event: threading.Event, interval: float = 0.05):
+        self.event = event
+        self.pending = False
+        self.interval = interval
+        threading.Thread(target=self._relay, name="xtune-signals", daemon=True).start()
+
+    def _relay(self) -> None:
+        while not self.event.is_set():
+            if self.pending:
+                self.event.set()
+                return
+            time.sleep(self.interval)
+
+    def __call__(self, signum=None, frame=None) -> None:  # the handler: a plain assignment, no lock
+        self.pending = True

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     role, spec = argv[0], json.loads(argv[1])
     _die_with_parent()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from xtune._runtime import filter_native_stderr, quiet_python_warnings
+    from xtune._runtime import SignalRelay, filter_native_stderr, quiet_python_warnings
 
     filter_native_stderr()
     quiet_python_warnings()
@@ -66,8 +66,9 @@ def main(argv: list[str]) -> int:
                 stop_event.set()
 
     threading.Thread(target=orphaned, daemon=True).start()
+    relay = SignalRelay(stop_event)
     for signum in (signal.SIGINT, signal.SIGTERM):  # until the search installs its own (the same)
-        signal.signal(signum, lambda *_: stop_event.set())
+        signal.signal(signum, relay)
     try:
         status, details = _run(role, spec, emit, stop_event)
     except XtuneError as error:

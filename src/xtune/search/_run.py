@@ -127,10 +127,14 @@ def stop_on_signals(event: threading.Event):
         yield
         return
 
+    from xtune._runtime import SignalRelay
+
+    relay = SignalRelay(event)
+
     def handler(signum, frame):
-        if event.is_set() and signum == signal.SIGINT:
+        if (event.is_set() or relay.pending) and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        event.set()
+        relay(signum, frame)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
