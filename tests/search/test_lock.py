@@ -28,6 +28,25 @@ else:  # the holder: takes the lock, keeps it while its parent lives, then a lit
     lock.release()
 """
 
+# A search child told its supervisor's pid (as xtune.search._child is) that takes the lock
+# only after that supervisor is gone: already re-parented to init when it writes its owner.
+LATE_HOLDER = """
+import os, subprocess, sys, time
+if sys.argv[1] == "parent":
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", sys.argv[3], str(os.getpid())])
+    print(child.pid, flush=True)
+    time.sleep(600)
+else:
+    supervisor = int(sys.argv[3])
+    while os.getppid() == supervisor:
+        time.sleep(0.05)
+    from xtune.search._project import ProjectLock, set_supervisor
+    set_supervisor(supervisor)
+    lock = ProjectLock(sys.argv[2]).acquire()
+    time.sleep(2.0)
+    lock.release()
+"""
+
 
 def start_holder(project, stopping_for: float):
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, "parent", HOLDER, str(project), str(stopping_for)],
@@ -74,3 +93,20 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+def test_a_holder_that_locked_after_its_supervisor_died_is_waited_for(tmp_path):
+    """Killed right after it started its children: one of them locks as an orphan, and stops."""
+    proc = subprocess.Popen([sys.executable, "-c", LATE_HOLDER, "parent", LATE_HOLDER, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    holder = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / ".lock").exists() or b"parent" not in (tmp_path / ".lock").read_bytes():
+        assert time.monotonic() < deadline, "the holder never took the lock"
+        time.sleep(0.05)
+    waits = []
+    with ProjectLock(tmp_path, on_wait=waits.append):  # waited for, not refused
+        pass
+    assert len(waits) == 1 and waits[0].pid == holder

@@ -50,6 +50,9 @@ def main(argv: list[str]) -> int:
     quiet_python_warnings()
     out = os.fdopen(spec.pop("events_fd"), "w", encoding="utf-8", buffering=1)
     parent = spec.pop("parent")
+    from xtune.search._project import set_supervisor
+
+    set_supervisor(parent)  # the locks this process takes name it, even if it is already gone
     lock = threading.Lock()
     stop_event = threading.Event()
 

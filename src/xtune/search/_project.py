@@ -221,7 +221,7 @@ class ProjectLock:
             time.sleep(0.2)
             fd = self._try()
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "parent": os.getppid(), "host": socket.gethostname(),
+        os.write(fd, json.dumps({"pid": os.getpid(), "parent": supervisor_pid(), "host": socket.gethostname(),
                                  "since": _now()}).encode())
         os.fsync(fd)
         self._fd = fd
@@ -258,6 +258,25 @@ class ProjectLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+_SUPERVISOR: int | None = None
+
+
+def set_supervisor(pid: int) -> None:
+    """Record the pid of the process that started this one (a search child's supervisor)."""
+    global _SUPERVISOR
+    _SUPERVISOR = int(pid)
+
+
+def supervisor_pid() -> int:
+    """The process whose death means this one is stopping: the supervisor that started it.
+
+    ``os.getppid()`` is not enough: a child whose supervisor was killed before it took
+    a lock is already re-parented (to init), and a lock naming pid 1 as its parent would
+    never be recognised as an orphan's.
+    """
+    return _SUPERVISOR if _SUPERVISOR is not None else os.getppid()
 
 
 def orphaned(owner: dict) -> bool:

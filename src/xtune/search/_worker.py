@@ -35,7 +35,7 @@ from xtune.search._chief import (
     read_token,
     search_id,
 )
-from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, read_run
+from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, read_run, supervisor_pid
 
 IDLE_SLEEP = (0.2, 2.0)  # a waiting worker asks again after this long, doubling up to the second
 RPC_TIMEOUT = 30  # seconds a worker waits for an unreachable chief before it stops (KerasTuner: 1 h)
@@ -158,7 +158,7 @@ class _WorkerSlot:
             if fd is None:
                 continue
             os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "parent": os.getppid(),
+            os.write(fd, json.dumps({"pid": os.getpid(), "parent": supervisor_pid(),
                                      "host": socket.gethostname()}).encode())
             self.worker_id, self._fd = worker_id, fd
             return self
