@@ -111,7 +111,11 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
             break
         fire = False
         if target == "first trial":
-            fire = epochs_seen >= 1
+            # Soon after the first trial's folder appears: waiting for its first epoch line
+            # races with its end when two workers train side by side.
+            if any(project.glob("trial_*/")):
+                time.sleep(rng.uniform(0.2, 1.0))
+                fire = True
         elif target == "between trials":
             fire = any(l.startswith("trial ") for l in new)
         elif target == "inside an epoch":
@@ -167,7 +171,9 @@ def run(args) -> dict:
         for trial_id, t in on_disk.items():
             if t["status"] == "RUNNING" and t["epochs_saved"] and t["epochs_saved"] > t["initial_epoch"]:
                 interrupted_epochs.setdefault(trial_id, set()).add(t["epochs_saved"])
-        kills.append({"target": target, "killed_at": result["killed_at"], "trials_on_disk": len(on_disk)})
+        kills.append({"target": target, "killed_at": result["killed_at"], "trials_on_disk": len(on_disk),
+                      "running": {i: t["epochs_saved"] for i, t in on_disk.items() if t["status"] == "RUNNING"},
+                      "last_lines": result["output"][-12:]})
     if not finished:
         final = subprocess.run(search_command(data, project, data_dir, args), capture_output=True, text=True, env=_env(False))
         if final.returncode != 0:
@@ -197,6 +203,9 @@ def run(args) -> dict:
     for trial_id, epochs in interrupted_epochs.items():
         resumed = set(got[trial_id]["record"].get("resumed_at_epochs", []))
         resumed_ok[trial_id] = epochs <= resumed
+        if not resumed_ok[trial_id]:
+            print(f"trial {trial_id}: saved epochs {sorted(epochs)} at kills, resumed at {sorted(resumed)}; "
+                  f"runs {got[trial_id]['record'].get('runs')}", file=sys.stderr)
     checks["interrupted trials resumed from their last epoch"] = all(resumed_ok.values())
     from xtune.search import load_project
 
