@@ -113,7 +113,7 @@ def test_interrupted_trials_and_the_epochs_their_backups_saved(mixed):
                                 {"trial_id": "0005", "epochs_saved": 2, "initial_epoch": 2, "epochs": 4},
                                 {"trial_id": "0008", "epochs_saved": 1, "initial_epoch": 0, "epochs": 2}],
                 "running": [], "epochs_saved": 2, "epochs_done": 12, "plan_epochs": 26, "owner": None,
-                "problems": state.problems}
+                "problems": state.problems, "repairable": state.repairable}
     assert {k: v for k, v in status.items() if k != "eta"} == expected
 
 

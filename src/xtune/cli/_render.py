@@ -338,6 +338,8 @@ def echo_outcome(outcome, view: SearchView | None = None) -> None:
     echo = view.echo if view is not None else click.echo
     project = quote(outcome.project)
     if outcome.status == "already finished":
+        for note in outcome.notes:  # repairs made (no SearchStarted showed them: nothing was started)
+            echo(f"Warning: {note}", err=True)
         for line in fit_fields([f"The search in {outcome.project} is finished", f"({outcome.completed} trials "
                                 f"completed, {outcome.failed} failed).", f"See: tune results --project {project}"]):
             echo(line)

@@ -201,8 +201,9 @@ def status(project, fmt):
             click.echo(line)
     if info["interrupted"]:
         click.echo(f"epochs saved for the resume: {info['epochs_saved']}")
-    for problem in info["problems"]:
-        for line in fit_fields([f"damaged: {problem}", "(the next `tune search` repairs what it can)"]):
+    for problem in info["problems"]:  # the promise of a repair only where the next search makes it
+        hint = ["(the next `tune search` repairs it)"] if problem in info["repairable"] else []
+        for line in fit_fields([f"damaged: {problem}", *hint]):
             click.echo(line)
     if info["state"] == "interrupted":
         click.echo(f"resume: tune search --project {quote(info['project'])}")

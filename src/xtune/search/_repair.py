@@ -14,6 +14,7 @@ the same way.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 from xtune import _atomic
 from xtune.search import _kt
 from xtune.search._plan import HyperbandPlan
-from xtune.search._state import ENDED, TRIAL_RECORD, TrialRecord
+from xtune.search._state import ENDED, TRIAL_RECORD, TrialRecord, oracle_damage, trial_damage
 
 
 def _load(path: Path):
@@ -58,7 +59,9 @@ def repair_project(project: Path, plan: HyperbandPlan, make_oracle: Callable) ->
         oracle_file = project / "oracle.json"
         if oracle_file.exists():
             state, error = _load(oracle_file)
-            if error or "xtune" not in (state or {}):
+            if not error and (damage := oracle_damage(state)):
+                error = f"{oracle_file} is damaged ({damage})"
+            if error or "xtune" not in state:
                 kept = _keep_damaged(oracle_file) if error else _keep_as(oracle_file, "kerastuner-hyperband")
                 _rebuild_oracle(project, plan, make_oracle(), trials, space_config)
                 what = f"{error}; rebuilt" if error else f"{oracle_file} was written by an earlier xtune; converted"
@@ -82,7 +85,7 @@ def _space_config(project: Path) -> dict | None:
     for path in [project / "oracle.json"] + sorted(project.glob("trial_*/trial.json")):
         if path.exists():
             data, _ = _load(path)
-            if data and "hyperparameters" in data:
+            if isinstance(data, dict) and isinstance(data.get("hyperparameters"), dict):
                 return {**data["hyperparameters"], "values": {}}
     return None
 
@@ -94,7 +97,14 @@ def _repair_trials(project: Path, space_config: dict | None, notes: list[str]) -
         trial_file = trial_dir / "trial.json"
         if not trial_file.exists():
             continue
-        _, error = _load(trial_file)
+        state, error = _load(trial_file)
+        if not error and (damage := trial_damage(state)):
+            error = f"{trial_file} is damaged ({damage})"
+        if not error:
+            try:
+                trial = _kt.Trial.load(str(trial_file))
+            except (KeyError, TypeError, ValueError, AttributeError) as failure:  # JSON, but not what KerasTuner wrote
+                error = f"{trial_file} is damaged (KerasTuner cannot load it: {type(failure).__name__})"
         if error:
             kept = _keep_damaged(trial_file)
             rebuilt = _trial_from_record(trial_dir, space_config)
@@ -104,7 +114,7 @@ def _repair_trials(project: Path, space_config: dict | None, notes: list[str]) -
                 continue
             rebuilt.save(str(trial_file))
             notes.append(f"{error}; rebuilt it from {trial_dir.name}/{TRIAL_RECORD} (damaged copy kept as {kept.name})")
-        trial = _kt.Trial.load(str(trial_file))
+            trial = _kt.Trial.load(str(trial_file))
         trials[trial.trial_id] = trial
     return trials
 
@@ -128,7 +138,7 @@ def _trial_from_record(trial_dir: Path, space_config: dict | None):
         values["xtune/slot"] = record.slot
     if record.seed is not None:
         values["xtune/seed"] = record.seed
-    hyperparameters = keras_tuner.HyperParameters.from_config(space_config)
+    hyperparameters = keras_tuner.HyperParameters.from_config(copy.deepcopy(space_config))  # it edits its argument
     hyperparameters.values = values
     status = record.status if record.status in ENDED else _kt.TrialStatus.RUNNING
     trial = _kt.Trial(hyperparameters, trial_id=record.trial_id, status=status)
@@ -161,7 +171,7 @@ def _rebuild_oracle(project: Path, plan: HyperbandPlan, oracle, trials: dict, sp
 
     _kt.attach(oracle, project)
     if space_config is not None:
-        oracle.hyperparameters = keras_tuner.HyperParameters.from_config(space_config)
+        oracle.hyperparameters = keras_tuner.HyperParameters.from_config(copy.deepcopy(space_config))
     ids = sorted(trials)
     oracle.trials = dict(trials)
     oracle.start_order = list(ids)

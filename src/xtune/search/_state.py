@@ -176,7 +176,8 @@ class ProjectState:
     oracle: dict | None
     finished: dict | None
     owner: dict | None
-    problems: list[str]
+    problems: list[str]  # damaged files and trials, one line each
+    repairable: list[str] = field(default_factory=list)  # those of ``problems`` the next search repairs
 
     @property
     def objective(self) -> str:
@@ -280,8 +281,13 @@ def load_project(project: Path) -> ProjectState:
     run = read_run(project)
     settings = SearchSettings.from_dict(run["settings"])
     problems: list[str] = []
-    oracle = _read(project / "oracle.json", problems)
-    recorded = set(oracle["start_order"]) if isinstance(oracle, dict) and "start_order" in oracle else None
+    repairable: list[str] = []
+    oracle = _read(project / "oracle.json", problems, repairable)
+    if oracle is not None and (damage := oracle_damage(oracle)):
+        problems.append(f"{project / 'oracle.json'} is damaged ({damage})")
+        repairable.append(problems[-1])
+        oracle = None
+    recorded = set(oracle["start_order"]) if oracle is not None and "start_order" in oracle else None
     trials = []
     for trial_dir in sorted(project.glob("trial_*")):
         trial_id = trial_dir.name[len("trial_"):]
@@ -292,22 +298,56 @@ def load_project(project: Path) -> ProjectState:
         except ValueError as error:
             problems.append(str(error))
             record = None
-        raw = _read(trial_dir / "trial.json", problems)
+        raw = _read(trial_dir / "trial.json", problems, repairable)
+        if raw is not None and (damage := trial_damage(raw)):
+            problems.append(f"{trial_dir / 'trial.json'} is damaged ({damage})")
+            repairable.append(problems[-1])
+            raw = None
         if raw is None and record is None:
             continue
         trials.append(_trial_state(trial_id, raw, record or TrialRecord(trial_id), trial_dir, settings, problems))
-    finished = _read(project / FINISHED_FILE, problems)
+    finished = _read(project / FINISHED_FILE, problems, repairable)
     return ProjectState(project, run, settings, settings.plan(), trials, oracle, finished, lock_owner(project),
-                        problems)
+                        problems, repairable)
 
 
-def _read(path: Path, problems: list[str]):
+def oracle_damage(state) -> str | None:
+    """Why a readable oracle.json cannot be used (the read model and the oracle rely on these), or None."""
+    if not isinstance(state, dict):
+        return "not an oracle's state"
+    for key in ("start_order", "end_order"):
+        order = state.get(key, [])
+        if not isinstance(order, list) or not all(isinstance(t, str) for t in order):
+            return f"its {key} is not a list of trial ids"
+    if not isinstance(state.get("xtune", {}), dict):
+        return "its xtune state is not an object"
+    return None
+
+
+def trial_damage(state) -> str | None:
+    """Why a readable trial.json is not a KerasTuner trial the read model can use, or None."""
+    hyperparameters = state.get("hyperparameters") if isinstance(state, dict) else None
+    if not isinstance(hyperparameters, dict) or not isinstance(hyperparameters.get("values"), dict):
+        return "not a KerasTuner trial"
+    if not isinstance(state.get("status"), str):
+        return "its status is not a string"
+    score = state.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        return "its score is not a number"
+    return None
+
+
+def _read(path: Path, problems: list[str], repairable: list[str] | None = None):
+    """The JSON at ``path``; None if missing or damaged (then listed in ``problems``, and in ``repairable``
+    when given: a file the next search repairs)."""
     if not path.exists():
         return None
     try:
         return _atomic.read_json(path)
     except ValueError as error:
         problems.append(str(error))
+        if repairable is not None:
+            repairable.append(str(error))
         return None
 
 
@@ -352,7 +392,8 @@ def search_status(project: Path) -> dict:
         ``{"project", "state", "objective", "plan_trials", "trials_ended", "completed",
         "failed", "best": {trial_id, score} | None, "interrupted": [{trial_id,
         epochs_saved, initial_epoch, epochs}], "running": [...same...], "epochs_saved",
-        "epochs_done", "plan_epochs", "eta" (seconds left, estimated), "owner", "problems"}``.
+        "epochs_done", "plan_epochs", "eta" (seconds left, estimated), "owner", "problems", "repairable"
+        (those of the problems that the next ``tune search`` repairs)}``.
     """
     state = load_project(project)
     best = state.best
@@ -378,6 +419,7 @@ def search_status(project: Path) -> dict:
         "eta": _eta(state),
         "owner": state.owner,
         "problems": state.problems,
+        "repairable": state.repairable,
     }
 
 
