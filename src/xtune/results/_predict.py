@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,15 @@ def load_model(model_dir: Path):
     import keras
 
     path = Path(model_dir) / "model.keras"
+    again = "export again with: tune export --project runs/NAME --overwrite"
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise ProjectError(f"{path} is damaged (not a Keras archive: a .keras file is a zip); {again}")
     try:
         return keras.models.load_model(path)
     except Exception as error:  # Keras raises many kinds on a damaged archive ("File not found", zip errors...)
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-        raise ProjectError(f"{path} does not load as a Keras model ({detail}); export again with: "
-                           "tune export --project runs/NAME --overwrite") from None
+        raise ProjectError(f"{path} does not load as a Keras model ({detail}); {again}") from None
 
 
 def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
