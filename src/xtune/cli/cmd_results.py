@@ -298,4 +298,4 @@ def report(project, out):
     from xtune.results import write_report
 
     path = write_report(project_required(project), out)
-    say(f"Wrote {path}", f"({path.stat().st_size / 1e6:.1f} MB).", f"Open it in a browser: file://{quote(path.resolve())}")
+    say(f"Wrote {path}", f"({path.stat().st_size / 1e6:.1f} MB).", f"Open it in a browser: {path.resolve().as_uri()}")

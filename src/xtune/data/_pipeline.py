@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import socket
 import threading
 import uuid
@@ -204,7 +205,7 @@ def _list_split(prepared: PreparedData, split: str):
         if len(found) != expected:
             raise DataError(f"the prepared data in {root} was changed after preparing ({split}/{cls}: "
                             f"{len(found)} files, {expected} expected); prepare it again: "
-                            f"tune data prepare {prepared.source} --overwrite")
+                            f"tune data prepare {shlex.quote(prepared.source)} --overwrite")
         paths.extend(found)
         labels.extend([label] * len(found))
     return paths, np.asarray(labels, dtype=np.int32)
@@ -278,9 +279,9 @@ class _Store:
             except tf.errors.OpError as error:
                 message = " ".join(str(error.message).split())[:120]
                 return DataError(f"cannot decode the prepared image {path} ({message}); prepare the data "
-                                 f"again: tune data prepare {self.source} --overwrite")
+                                 f"again: tune data prepare {shlex.quote(self.source)} --overwrite")
         return DataError(f"cannot decode the prepared images of {self.source}; prepare the data again: "
-                         f"tune data prepare {self.source} --overwrite")
+                         f"tune data prepare {shlex.quote(self.source)} --overwrite")
 
 
 def _decoder(size: int):

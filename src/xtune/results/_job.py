@@ -7,6 +7,7 @@ checks the export folder, so that every refusal comes before minutes of training
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,4 +150,4 @@ def _completed_trial(state: ProjectState, trial_id: str) -> TrialState:
     known = {t.trial_id: t.status for t in state.trials}
     if wanted in known:
         raise ProjectError(f"trial {wanted} of {state.path} is {known[wanted]}, not completed; it has no result to export")
-    raise ProjectError(f"{state.path} has no trial {trial_id!r} (see: tune results --project {state.path})")
+    raise ProjectError(f"{state.path} has no trial {trial_id!r} (see: tune results --project {shlex.quote(str(state.path))})")

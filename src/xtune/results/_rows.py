@@ -6,6 +6,7 @@ the best trial, the state label are its, not recomputed.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -99,7 +100,7 @@ def best_trial(state: ProjectState) -> TrialState:
         failed = len(state.failed)
         detail = f" ({failed} failed)" if failed else ""
         raise ProjectError(f"the search in {state.path} has no completed trial yet{detail}; "
-                           f"run or resume it with: tune search --project {state.path}")
+                           f"run or resume it with: tune search --project {shlex.quote(str(state.path))}")
     return best
 
 
