@@ -110,3 +110,61 @@ def test_a_holder_that_locked_after_its_supervisor_died_is_waited_for(tmp_path):
     with ProjectLock(tmp_path, on_wait=waits.append):  # waited for, not refused
         pass
     assert len(waits) == 1 and waits[0].pid == holder
+
+
+SLOT_HOLDER = """
+import os, subprocess, sys, time
+if sys.argv[1] == "parent":
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", sys.argv[3], str(os.getpid())])
+    print(child.pid, flush=True)
+    time.sleep(600)
+else:  # a worker of a search: holds its slot; once its supervisor dies it stops, 2 s later
+    supervisor = int(sys.argv[3])
+    from pathlib import Path
+    from xtune.search._project import set_supervisor
+    from xtune.search._worker import _WorkerSlot
+    set_supervisor(supervisor)
+    with _WorkerSlot(Path(sys.argv[2]), "2"):
+        while os.getppid() == supervisor:
+            time.sleep(0.05)
+        time.sleep(2.0)
+"""
+
+
+def test_a_search_waits_for_a_killed_searchs_stopping_worker(tmp_path):
+    """Its chief let go first; a trial handed out again before the worker stops would be trained twice."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, "parent", SLOT_HOLDER, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    holder = int(proc.stdout.readline())
+    slot = tmp_path / "cluster" / "worker-2.lock"
+    deadline = time.monotonic() + 30
+    while not slot.exists() or b"parent" not in slot.read_bytes():
+        assert time.monotonic() < deadline, "the worker never took its slot"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    waits = []
+    started = time.monotonic()
+    with ProjectLock(tmp_path, on_wait=waits.append):
+        took = time.monotonic() - started
+    assert len(waits) == 1 and waits[0].pid == holder
+    assert 1.0 < took < ProjectLock.ORPHAN_WAIT
+
+
+def test_a_live_worker_is_not_waited_for(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, "parent", SLOT_HOLDER, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        slot = tmp_path / "cluster" / "worker-2.lock"
+        deadline = time.monotonic() + 30
+        while not slot.exists() or b"parent" not in slot.read_bytes():
+            assert time.monotonic() < deadline, "the worker never took its slot"
+            time.sleep(0.05)
+        waits = []
+        started = time.monotonic()
+        with ProjectLock(tmp_path, on_wait=waits.append):
+            assert time.monotonic() - started < 1.0 and waits == []
+    finally:
+        proc.kill()
+        proc.wait()

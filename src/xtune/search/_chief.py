@@ -33,9 +33,9 @@ from xtune import _atomic
 from xtune._events import EpochEnded, Serving, TrialEnded, TrialStarted
 from xtune.errors import UsageError
 from xtune.search import _kt
+from xtune.search._project import CLUSTER_DIR
 from xtune.search._state import TRIAL_RECORD, space_values
 
-CLUSTER_DIR = "cluster"
 CHIEF_FILE = "chief.json"
 TOKEN_FILE = "token"
 DEFAULT_PORT = 8000

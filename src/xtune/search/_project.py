@@ -171,6 +171,8 @@ def _now() -> str:
 
 # -- lock ------------------------------------------------------------------------------
 
+CLUSTER_DIR = "cluster"  # a distributed search's files: the token, the chief's address, worker slots
+
 
 class ProjectLock:
     """An exclusive lock on a search directory (``flock`` on ``.lock``).
@@ -225,7 +227,46 @@ class ProjectLock:
                                  "since": _now()}).encode())
         os.fsync(fd)
         self._fd = fd
+        self._wait_for_stopping_workers(told)
         return self
+
+    def _wait_for_stopping_workers(self, told: bool) -> None:
+        """Wait for the workers of a killed search that are still finishing their batch.
+
+        Their chief let go of the project first (it does not train), but such a worker
+        may still write its trial's backup and record: a trial handed out again before it
+        stops would be trained twice at once, and its saved epochs lost (seen in the kill
+        test). Live workers (their parent alive: a ``tune worker`` someone started) are
+        not waited for; they join this search.
+        """
+        import fcntl
+        import time
+
+        deadline = time.monotonic() + self.ORPHAN_WAIT
+        for path in sorted((self.project / CLUSTER_DIR).glob("worker-*.lock")):
+            while time.monotonic() < deadline:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    break
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break  # nobody holds it
+                except OSError:
+                    try:
+                        owner = json.loads(path.read_text() or "{}")
+                    except (OSError, ValueError):
+                        owner = {}
+                    if not orphaned(owner):
+                        break
+                    if not told:
+                        from xtune._events import WaitingForLock
+
+                        self.on_wait(WaitingForLock(owner.get("pid"), owner.get("host"), self.ORPHAN_WAIT))
+                        told = True
+                finally:
+                    os.close(fd)
+                time.sleep(0.2)
 
     def _try(self) -> int | None:
         import fcntl

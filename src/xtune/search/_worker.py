@@ -133,6 +133,7 @@ class _WorkerSlot:
         for worker_id in [self.asked] if self.asked else _default_worker_ids():
             path = folder / f"worker-{worker_id}.lock"
             deadline = time.monotonic() + ProjectLock.ORPHAN_WAIT
+            grace = time.monotonic() + 1.0  # a search starting looks at each slot for an instant
             fd: int | None
             while True:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -150,7 +151,7 @@ class _WorkerSlot:
                     owner = {}
                 # A holder whose supervisor was killed is stopping (PR_SET_PDEATHSIG): wait for it, as
                 # ProjectLock does, so a search restarted at once gets its workers back.
-                if not orphaned(owner) or time.monotonic() > deadline:
+                if (not orphaned(owner) and time.monotonic() > grace) or time.monotonic() > deadline:
                     raise ProjectError(f"worker id {worker_id} is already running on {self.project} (pid "
                                        f"{owner.get('pid', '?')} on {owner.get('host', '?')}); give another "
                                        "--worker-id") from None
