@@ -106,10 +106,27 @@ def rows() -> list[str]:
                             "python -m benchmarks quality"))
     if (r := _load("distributed")):
         plan, tph = r["plan"], r["trials_per_hour"]
-        out.append(_row(f"trials per hour, 2 worker processes vs 1 on one machine ({plan['trials']}-trial plan, "
-                        f"{plan['image_size']} px; 2 cores: 1 thread per worker vs 2)",
-                        f"{tph['2']:,}/h", f"{tph['1']:,}/h", f"{r['ratio_2_to_1']:.2f}x", "> 1",
+        out.append(_row(f"trials per hour, the default (2 worker processes) vs one process ({plan['trials']}-trial "
+                        f"plan, {plan['image_size']} px; 2 cores: 1 thread per worker vs 2), launch to end",
+                        f"{tph['2']:,}/h", f"{tph['1']:,}/h", f"{r['ratio_2_to_1']:.2f}x", ">= 1.8",
                         "python -m benchmarks distributed"))
+        if "trials_per_hour_trial_phase" in r:
+            tp = r["trials_per_hour_trial_phase"]
+            out.append(_row("the same, trial phase only (first trial handed out to last trial ended; without "
+                            "the processes' start-up)", f"{tp['2']:,}/h", f"{tp['1']:,}/h",
+                            f"{r['ratio_2_to_1_trial_phase']:.2f}x", ">= 1.8", "python -m benchmarks distributed"))
+    if (r := _load("eta")):
+        n = len(r["estimates"])
+        worst = r["worst_relative_error_after_first_round"]
+        after = [e for e in r["estimates"] if r["first_round_trials"] <= e["trials_ended"] < n
+                 and e["relative_error"] is not None]
+        early = [abs(e["relative_error"]) for e in after if e["truth_s"] >= 15]
+        figure = "-" if worst is None else f"{worst:.0%}"
+        if early and len(early) < len(after):
+            figure += f" (the estimates with 15 s or more left: {max(early):.0%})"
+        out.append(_row(f"the search's ETA on the demo search ({n} trials, {r['wall_s']:.0f} s): largest error of "
+                        f"the estimates made after the first round ({r['first_round_trials']} trials)",
+                        figure, "the time really left", "-", "within 30%", "python -m benchmarks eta"))
     if (r := _load("bn_reestimation")):
         for preset, n in dict.fromkeys((x["preset"], x["train_images"]) for x in r["results"]):
             runs = [x for x in r["results"] if (x["preset"], x["train_images"]) == (preset, n)]
