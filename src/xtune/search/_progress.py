@@ -95,7 +95,9 @@ class SearchProgress:
             per_trial, per_epoch = fit_trial_times(self._ended)
         else:
             return None
-        return (self._epochs_left * per_epoch + trials_left * per_trial) / self.workers
+        # Fewer trials left than workers: the idle ones do not shorten the wait.
+        side_by_side = max(1, min(self.workers, trials_left))
+        return (self._epochs_left * per_epoch + trials_left * per_trial) / side_by_side
 
     def trial_eta(self, trial_id: str) -> float | None:
         """Seconds left in a running trial (from this session's pace per epoch)."""
