@@ -242,7 +242,7 @@ def _echo_export(card: dict, out) -> None:
             rows.append({"model": name, "test accuracy": other["accuracy"], "test loss": other["loss"],
                          "params": f"{other['params']:,}" if other.get("params") is not None else None,
                          "epochs": other.get("epochs"), "folder": other["folder"]})
-        echo_table(rows, wrap="folder")
+        echo_table(rows, detail=("folder",))  # a path is not cut mid-word: it moves under its row
     click.echo(f"Next: tune predict --model {quote(out)} IMAGE...")
 
 
