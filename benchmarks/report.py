@@ -54,6 +54,12 @@ def rows() -> list[str]:
             out.append(_row("training inside `tune search` vs bare `model.fit` (images/s, 32 px)",
                             f"{t['search_images_per_s']:,.0f}/s", f"{t['bare_fit_images_per_s']:,.0f}/s",
                             f"{t['ratio']:.3f}", t["goal"], "python -m benchmarks search_costs"))
+            if "ratio_without_bn_refresh" in t:
+                out.append(_row("the same, the search without the batch-norm re-estimation before each validation "
+                                "(what scoring the model as export ships costs)",
+                                f"{t['search_without_bn_refresh_images_per_s']:,.0f}/s",
+                                f"{t['bare_fit_images_per_s']:,.0f}/s", f"{t['ratio_without_bn_refresh']:.3f}",
+                                t["goal"], "python -m benchmarks search_costs"))
         if (o := r.get("search_overhead")):
             top = max(o["overhead_s"], key=o["overhead_s"].get)
             out.append(_row(f"search time outside training epochs ({o['trials']} trials, 32 px)",
