@@ -207,14 +207,21 @@ class SignalRelay:
         self.event = event
         self.pending = False
         self.interval = interval
+        self._closed = False
         threading.Thread(target=self._relay, name="xtune-signals", daemon=True).start()
 
     def _relay(self) -> None:
-        while not self.event.is_set():
+        while not self.event.is_set() and not self._closed:
             if self.pending:
                 self.event.set()
                 return
             time.sleep(self.interval)
+
+    def close(self) -> None:
+        """Stop relaying (the handler is uninstalled): the thread ends within ``interval``."""
+        if self.pending:
+            self.event.set()
+        self._closed = True
 
     def __call__(self, signum=None, frame=None) -> None:  # the handler: a plain assignment, no lock
         self.pending = True

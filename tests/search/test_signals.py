@@ -41,3 +41,12 @@ def test_the_relay_sets_its_event_once_flagged():
     assert not event.is_set()
     relay(signal.SIGTERM, None)
     assert event.wait(2)
+
+
+def test_each_search_in_a_process_leaves_no_relay_thread_behind():
+    before = sum(t.name == "xtune-signals" for t in threading.enumerate())
+    for _ in range(5):
+        with stop_on_signals(threading.Event()):
+            pass
+    time.sleep(0.3)
+    assert sum(t.name == "xtune-signals" for t in threading.enumerate()) == before

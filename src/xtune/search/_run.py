@@ -142,6 +142,7 @@ def stop_on_signals(event: threading.Event):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        relay.close()  # one search after another in a process leaves no thread behind
 
 
 # -- the tuner -----------------------------------------------------------------------------------
