@@ -232,3 +232,23 @@ def atomic_directory(final: str | os.PathLike):
     except BaseException:
         remove(tmp)
         raise
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Refuse, in one line naming ``option``, a folder this process cannot write in.
+
+    A folder that does not exist yet is judged by its nearest existing parent. Used
+    before anything is trained (a search's project, an export's output).
+    """
+    from xtune.errors import ProjectError
+
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".write-check{TMP_MARK}{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ProjectError(f"cannot write in {existing} ({error.strerror or error}); "
+                           f"make it writable or choose another {option}") from None

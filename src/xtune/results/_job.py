@@ -6,7 +6,6 @@ checks the export folder, so that every refusal comes before minutes of training
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,16 +129,7 @@ def check_export_folder(out: Path, state, data_dir, overwrite: bool) -> None:
 
 def _check_writable(folder: Path) -> None:
     """Refuse a folder this process cannot write in, before anything is trained."""
-    existing = Path(folder).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    probe = existing / f".write-check{_atomic.TMP_MARK}{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ProjectError(f"cannot write in {existing} ({error.strerror or error}); "
-                           "make it writable or choose another --out") from None
+    _atomic.check_writable(folder, "--out")
 
 
 def _completed_trial(state: ProjectState, trial_id: str) -> TrialState:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from xtune import _atomic
 from xtune._owned import SEARCH_MARKER, describe, entries, has_marker, is_inside
-from xtune.errors import ProjectError, UsageError
+from xtune.errors import UsageError
 from xtune.search._plan import HyperbandPlan
 from xtune.search._project import (
     FINISHED_FILE,
@@ -177,13 +177,7 @@ def check_budget(settings: SearchSettings, space, plan: HyperbandPlan, num_class
 
 def check_writable(project: Path) -> None:
     """Refuse a project directory this process cannot write, before any training."""
-    probe = project / f".write-check{_atomic.TMP_MARK}probe"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ProjectError(f"cannot write in {project} ({error.strerror or error}); "
-                           "make it writable or choose another --project") from None
+    _atomic.check_writable(project, "--project")
 
 
 def warm_start_record(other: Path, top: int, space) -> dict:
