@@ -36,3 +36,43 @@ def test_the_last_trial_of_two_workers_is_not_shared_by_the_idle_one():
     progress.update(TrialEnded("0002", "COMPLETED", 0.9, seconds=20.0))
     progress._epochs_left = 9
     assert progress.eta() == 20.0  # one left: its own time, not half of it
+
+
+def test_a_running_trial_is_priced_by_what_it_has_left():
+    """Once its fixed cost is paid, a running trial adds only its epochs left to the ETA.
+
+    Charging it a whole trial again (its start was paid minutes ago) made the last
+    estimate of the demo search 66 % too long.
+    """
+    from xtune._events import EpochEnded, TrialStarted
+
+    now = [0.0]
+    progress = SearchProgress(clock=lambda: now[0])
+    progress.workers, progress.total, progress._epochs_left = 1, 2, 4
+    # One ended trial: 2 epochs of 1 s each, 3 s in all, so 1 s of fixed cost.
+    progress.update(TrialStarted("0000", {}, 0, 0, 2, 0, None))
+    for epoch in (1, 2):
+        now[0] += 1.0
+        progress.update(EpochEnded("0000", epoch, 2, 1.0, {}))
+    now[0] += 1.0
+    progress.update(TrialEnded("0000", "COMPLETED", 0.9, seconds=3.0))
+    assert progress.eta() == 3.0  # one trial left: 1 s fixed + 2 epochs
+    progress.update(TrialStarted("0001", {}, 0, 0, 2, 0, None))
+    now[0] += 1.5  # its building and tracing done, then one epoch
+    progress.update(EpochEnded("0001", 1, 2, 1.0, {}))
+    assert progress.eta() == 1.5  # 3 s expected, 1.5 s spent; not 1 s fixed + 1 epoch again
+    now[0] += 5.0  # slower than expected: never less than its epochs left
+    assert progress.eta() == 1.0
+
+
+def test_the_search_ends_no_sooner_than_its_longest_running_trial():
+    from xtune._events import TrialStarted
+
+    progress = SearchProgress(clock=lambda: 0.0)
+    progress.workers, progress.total, progress._epochs_left = 2, 3, 9 + 1
+    progress.update(TrialStarted("0000", {}, 0, 0, 1, 0, None))
+    progress.update(TrialEnded("0000", "COMPLETED", 0.9, seconds=2.0))  # 2 s per epoch
+    progress.update(TrialStarted("0001", {}, 0, 0, 9, 0, None))
+    progress.update(TrialStarted("0002", {}, 0, 0, 1, 0, None))
+    # 18 s and 2 s of work on two workers: 10 s if they were shared, but 0001 alone takes 18 s.
+    assert progress.eta() == 18.0

@@ -85,9 +85,12 @@ class SearchProgress:
 
         From this session's epochs (their own seconds) and the rest of each trial's
         time; where epochs are not timed (several workers report through the chief),
-        from the trials' times fitted as a fixed part plus a part per epoch.
+        from the trials' times fitted as a fixed part plus a part per epoch. A running
+        trial is priced by what it has left: its expected time less the time it has
+        already run (its fixed cost is mostly paid at its start), never less than its
+        epochs left. The work is shared by the workers, but the search cannot end
+        before its longest running trial does.
         """
-        trials_left = max(self.total - self.ended, 0)
         if self._trials and self._epochs:
             per_epoch = self._epoch_seconds / self._epochs
             per_trial = self._overhead / self._trials
@@ -95,9 +98,21 @@ class SearchProgress:
             per_trial, per_epoch = fit_trial_times(self._ended)
         else:
             return None
+        now = self.clock()
+        running_left, running_epochs = [], 0
+        for trial_id, started in self._running.items():
+            first = started.resumed_at or started.initial_epoch
+            last = started.epochs if started.epochs is not None else first
+            epochs_left = max(last - max(self._done_in_trial.get(trial_id, first), first), 0)
+            running_epochs += epochs_left
+            expected = per_trial + (last - first) * per_epoch
+            spent = now - self._started.get(trial_id, now)
+            running_left.append(max(expected - spent, epochs_left * per_epoch))
+        pending_trials = max(self.total - self.ended - len(running_left), 0)
+        pending = pending_trials * per_trial + max(self._epochs_left - running_epochs, 0) * per_epoch
         # Fewer trials left than workers: the idle ones do not shorten the wait.
-        side_by_side = max(1, min(self.workers, trials_left))
-        return (self._epochs_left * per_epoch + trials_left * per_trial) / side_by_side
+        side_by_side = max(1, min(self.workers, pending_trials + len(running_left)))
+        return max((sum(running_left) + pending) / side_by_side, max(running_left, default=0.0))
 
     def trial_eta(self, trial_id: str) -> float | None:
         """Seconds left in a running trial (from this session's pace per epoch)."""
