@@ -1,7 +1,10 @@
 """The live progress of a search keeps the best score across failed trials (which have none)."""
 
+import pytest
+
 from xtune._events import TrialEnded
 from xtune.search import SearchProgress
+from xtune.search._progress import SOLO_EXPONENT, simulate_workers
 
 
 def test_a_failed_trial_after_a_completed_one_keeps_the_best():
@@ -35,7 +38,8 @@ def test_the_last_trial_of_two_workers_is_not_shared_by_the_idle_one():
     progress.update(TrialStarted("0002", {}, 0, 0, 9, 0, None))
     progress.update(TrialEnded("0002", "COMPLETED", 0.9, seconds=20.0))
     progress._epochs_left = 9
-    assert progress.eta() == 20.0  # one left: its own time, not half of it
+    # One left: its own time (faster alone, SOLO_EXPONENT), not half of it.
+    assert progress.eta() == pytest.approx(20.0 / 2 ** SOLO_EXPONENT)
 
 
 def test_a_running_trial_is_priced_by_what_it_has_left():
@@ -74,5 +78,16 @@ def test_the_search_ends_no_sooner_than_its_longest_running_trial():
     progress.update(TrialEnded("0000", "COMPLETED", 0.9, seconds=2.0))  # 2 s per epoch
     progress.update(TrialStarted("0001", {}, 0, 0, 9, 0, None))
     progress.update(TrialStarted("0002", {}, 0, 0, 1, 0, None))
-    # 18 s and 2 s of work on two workers: 10 s if they were shared, but 0001 alone takes 18 s.
-    assert progress.eta() == 18.0
+    # 18 s and 2 s of work on two workers: 10 s if they were shared; but after 2 s side
+    # by side, 0001 runs its last 16 s alone (faster alone, but not twice as fast).
+    assert progress.eta() == pytest.approx(2.0 + 16.0 / 2 ** SOLO_EXPONENT)
+    assert 10.0 < progress.eta() < 18.0
+
+
+def test_trials_left_are_dealt_to_the_workers_as_they_free_up():
+    assert simulate_workers([], [4.0, 4.0, 4.0], 1) == 12.0  # one worker: the sum
+    assert simulate_workers([1.0], [3.0], 1) == 4.0
+    # Two workers: 1 s and 3 s side by side; the pending 2 s trial starts after 1 s, then
+    # 2 s side by side; nothing runs alone.
+    assert simulate_workers([1.0, 3.0], [2.0], 2) == pytest.approx(3.0)
+    assert simulate_workers([], [], 2) == 0.0
