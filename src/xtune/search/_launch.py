@@ -224,6 +224,7 @@ class _Launch:
         self.fatal: XtuneError | None = None
         self.stopped: str | None = None
         self.groups = assign_gpus(request.gpus, request.workers or 0)
+        self._grace: threading.Timer | None = None
         self.threads = None
         if request.workers and not request.gpus:
             self.threads = max(1, (os.cpu_count() or 1) // request.workers)
@@ -242,6 +243,9 @@ class _Launch:
             self.supervisor.run()
         except KeyboardInterrupt:  # pragma: no cover - the supervisor handles signals itself
             self.supervisor.kill()
+        finally:
+            if self._grace is not None:
+                self._grace.cancel()
         return self._outcome()
 
     # -- events ----------------------------------------------------------------------------
@@ -290,7 +294,11 @@ class _Launch:
         if child is self.primary:
             finished = child.outcome is not None and child.outcome.status in ("finished", "already finished")
             if finished and any(not w.done for w in self.workers):
-                threading.Timer(WORKER_GRACE, self.supervisor.stop).start()  # each is told at its next ask
+                # Each is told at its next ask. A daemon, cancelled when the launch ends: a
+                # waiting timer thread kept `tune search` alive for 30 s after it finished.
+                self._grace = threading.Timer(WORKER_GRACE, self.supervisor.stop)
+                self._grace.daemon = True
+                self._grace.start()
             else:
                 self.supervisor.stop()
             return
