@@ -91,3 +91,5 @@ def test_trials_left_are_dealt_to_the_workers_as_they_free_up():
     # 2 s side by side; nothing runs alone.
     assert simulate_workers([1.0, 3.0], [2.0], 2) == pytest.approx(3.0)
     assert simulate_workers([], [], 2) == 0.0
+    # Three trials running where one worker was announced (others joined a chief): three workers.
+    assert simulate_workers([2.0, 2.0, 2.0], [], 1) == pytest.approx(2.0)

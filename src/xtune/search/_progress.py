@@ -136,8 +136,10 @@ def simulate_workers(running: list[float], pending: list[float], workers: int) -
     A pending trial starts when a worker frees up; while fewer trials than workers run,
     each runs faster (``SOLO_EXPONENT``). One worker: the plain sum.
     """
-    workers = max(1, workers)
     queue, active, elapsed = list(pending), [r for r in running if r > 0], 0.0
+    # More trials running than workers known (workers on other machines joined a chief):
+    # there are at least as many workers as running trials.
+    workers = max(1, workers, len(active))
     while active or queue:
         while queue and len(active) < workers:
             active.append(queue.pop(0))
