@@ -48,14 +48,33 @@ else:
 """
 
 
-def start_holder(project, stopping_for: float):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, "parent", HOLDER, str(project), str(stopping_for)],
+def start(script: str, project, *args) -> tuple[subprocess.Popen, int]:
+    """Run ``script`` as a parent that starts it again as its child; return the parent and the child's pid."""
+    proc = subprocess.Popen([sys.executable, "-c", script, "parent", script, str(project), *map(str, args)],
                             stdout=subprocess.PIPE, text=True)
-    holder = int(proc.stdout.readline())
+    return proc, int(proc.stdout.readline())
+
+
+def wait_until_taken(lock: Path) -> None:
+    """Until ``lock`` is written, with the holder's parent in it."""
     deadline = time.monotonic() + 30
-    while not (project / ".lock").exists() or b"parent" not in (project / ".lock").read_bytes():
-        assert time.monotonic() < deadline, "the holder never took the lock"
+    while not lock.exists() or b"parent" not in lock.read_bytes():
+        assert time.monotonic() < deadline, f"nobody took {lock.name}"
         time.sleep(0.05)
+
+
+def lock_after_waiting(project) -> tuple[list, float]:
+    """Take the project's lock and let it go: the waits it announced, and the seconds it took."""
+    waits: list = []
+    started = time.monotonic()
+    with ProjectLock(project, on_wait=waits.append):
+        took = time.monotonic() - started
+    return waits, took
+
+
+def start_holder(project, stopping_for: float):
+    proc, holder = start(HOLDER, project, stopping_for)
+    wait_until_taken(project / ".lock")
     return proc, holder
 
 
@@ -76,10 +95,7 @@ def test_a_holder_whose_parent_was_killed_is_waited_for(tmp_path):
     proc, holder = start_holder(tmp_path, 2.0)
     proc.send_signal(signal.SIGKILL)  # the supervisor dies; its search process stops at its next batch
     proc.wait()
-    waits = []
-    started = time.monotonic()
-    with ProjectLock(tmp_path, on_wait=waits.append):
-        took = time.monotonic() - started
+    waits, took = lock_after_waiting(tmp_path)
     assert len(waits) == 1 and waits[0].pid == holder
     assert 1.0 < took < ProjectLock.ORPHAN_WAIT
     deadline = time.monotonic() + 30  # it released the lock as it stopped; now it exits
@@ -97,18 +113,11 @@ def running(pid: int) -> bool:
 
 def test_a_holder_that_locked_after_its_supervisor_died_is_waited_for(tmp_path):
     """Killed right after it started its children: one of them locks as an orphan, and stops."""
-    proc = subprocess.Popen([sys.executable, "-c", LATE_HOLDER, "parent", LATE_HOLDER, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
-    holder = int(proc.stdout.readline())
+    proc, holder = start(LATE_HOLDER, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 30
-    while not (tmp_path / ".lock").exists() or b"parent" not in (tmp_path / ".lock").read_bytes():
-        assert time.monotonic() < deadline, "the holder never took the lock"
-        time.sleep(0.05)
-    waits = []
-    with ProjectLock(tmp_path, on_wait=waits.append):  # waited for, not refused
-        pass
+    wait_until_taken(tmp_path / ".lock")
+    waits, _ = lock_after_waiting(tmp_path)  # waited for, not refused
     assert len(waits) == 1 and waits[0].pid == holder
 
 
@@ -133,35 +142,20 @@ else:  # a worker of a search: holds its slot; once its supervisor dies it stops
 
 def test_a_search_waits_for_a_killed_searchs_stopping_worker(tmp_path):
     """Its chief let go first; a trial handed out again before the worker stops would be trained twice."""
-    proc = subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, "parent", SLOT_HOLDER, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
-    holder = int(proc.stdout.readline())
-    slot = tmp_path / "cluster" / "worker-2.lock"
-    deadline = time.monotonic() + 30
-    while not slot.exists() or b"parent" not in slot.read_bytes():
-        assert time.monotonic() < deadline, "the worker never took its slot"
-        time.sleep(0.05)
+    proc, holder = start(SLOT_HOLDER, tmp_path)
+    wait_until_taken(tmp_path / "cluster" / "worker-2.lock")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    waits = []
-    started = time.monotonic()
-    with ProjectLock(tmp_path, on_wait=waits.append):
-        took = time.monotonic() - started
+    waits, took = lock_after_waiting(tmp_path)
     assert len(waits) == 1 and waits[0].pid == holder
     assert 1.0 < took < ProjectLock.ORPHAN_WAIT
 
 
 def test_a_live_worker_is_not_waited_for(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, "parent", SLOT_HOLDER, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc, _ = start(SLOT_HOLDER, tmp_path)
     try:
-        proc.stdout.readline()
-        slot = tmp_path / "cluster" / "worker-2.lock"
-        deadline = time.monotonic() + 30
-        while not slot.exists() or b"parent" not in slot.read_bytes():
-            assert time.monotonic() < deadline, "the worker never took its slot"
-            time.sleep(0.05)
-        waits = []
+        wait_until_taken(tmp_path / "cluster" / "worker-2.lock")
+        waits: list = []
         started = time.monotonic()
         with ProjectLock(tmp_path, on_wait=waits.append):
             assert time.monotonic() - started < 1.0 and waits == []
