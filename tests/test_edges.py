@@ -322,19 +322,18 @@ def unwritable(monkeypatch):
 
 
 def test_the_write_checks_refuse_what_cannot_be_written(tmp_path):
-    from xtune.results._job import _check_writable
-    from xtune.search._preflight import check_writable
+    from xtune._atomic import check_writable
 
     a_file = tmp_path / "a file"
     a_file.write_text("not a folder")
     with pytest.raises(ProjectError) as info:
-        check_writable(a_file)  # its probe would go inside a file: refused, even as root
+        check_writable(a_file, "--project")  # its probe would go inside a file: refused, even as root
     assert str(info.value) == (f"cannot write in {a_file} ({os.strerror(errno.ENOTDIR)}); "
                                "make it writable or choose another --project")
     with pytest.raises(ProjectError, match="choose another --out"):
-        _check_writable(a_file / "export")
-    check_writable(tmp_path)  # a folder that can be written passes, and keeps nothing of the probe
-    _check_writable(tmp_path / "not yet" / "export")
+        check_writable(a_file / "export", "--out")
+    check_writable(tmp_path, "--project")  # a folder that can be written passes, and keeps nothing of the probe
+    check_writable(tmp_path / "not yet" / "export", "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
 
 

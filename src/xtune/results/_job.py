@@ -124,12 +124,7 @@ def check_export_folder(out: Path, state, data_dir, overwrite: bool) -> None:
                              "choose another --out")
         if not overwrite:
             raise ProjectError(f"{out} holds an earlier export; pass --overwrite to replace it, or choose another --out")
-    _check_writable(out.parent)
-
-
-def _check_writable(folder: Path) -> None:
-    """Refuse a folder this process cannot write in, before anything is trained."""
-    _atomic.check_writable(folder, "--out")
+    _atomic.check_writable(out.parent, "--out")
 
 
 def _completed_trial(state: ProjectState, trial_id: str) -> TrialState:

@@ -175,11 +175,6 @@ def check_budget(settings: SearchSettings, space, plan: HyperbandPlan, num_class
                          f"but the plan samples {plan.architectures}; lower --max-trials or raise the budget")
 
 
-def check_writable(project: Path) -> None:
-    """Refuse a project directory this process cannot write, before any training."""
-    _atomic.check_writable(project, "--project")
-
-
 def warm_start_record(other: Path, top: int, space) -> dict:
     """The K best distinct configurations of another search, as run.json keeps them.
 

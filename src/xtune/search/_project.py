@@ -174,6 +174,26 @@ def _now() -> str:
 CLUSTER_DIR = "cluster"  # a distributed search's files: the token, the chief's address, worker slots
 
 
+def _holder(path: Path) -> dict | None:
+    """What the holder of the lock file ``path`` wrote of itself; None when nobody holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # free (closing the descriptor lets go of it again)
+    except OSError:
+        try:
+            return json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+    finally:
+        os.close(fd)
+
+
 class ProjectLock:
     """An exclusive lock on a search directory (``flock`` on ``.lock``).
 
@@ -239,33 +259,19 @@ class ProjectLock:
         test). Live workers (their parent alive: a ``tune worker`` someone started) are
         not waited for; they join this search.
         """
-        import fcntl
         import time
 
         deadline = time.monotonic() + self.ORPHAN_WAIT
         for path in sorted((self.project / CLUSTER_DIR).glob("worker-*.lock")):
             while time.monotonic() < deadline:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
+                owner = _holder(path)
+                if owner is None or not orphaned(owner):
                     break
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break  # nobody holds it
-                except OSError:
-                    try:
-                        owner = json.loads(path.read_text() or "{}")
-                    except (OSError, ValueError):
-                        owner = {}
-                    if not orphaned(owner):
-                        break
-                    if not told:
-                        from xtune._events import WaitingForLock
+                if not told:
+                    from xtune._events import WaitingForLock
 
-                        self.on_wait(WaitingForLock(owner.get("pid"), owner.get("host"), self.ORPHAN_WAIT))
-                        told = True
-                finally:
-                    os.close(fd)
+                    self.on_wait(WaitingForLock(owner.get("pid"), owner.get("host"), self.ORPHAN_WAIT))
+                    told = True
                 time.sleep(0.2)
 
     def _try(self) -> int | None:

@@ -28,7 +28,6 @@ from xtune.errors import ProjectError, UsageError
 from xtune.search._plan import HyperbandPlan
 from xtune.search._preflight import (
     check_budget,
-    check_writable,
     record_extension,
     resolve_settings,
     warm_start_record,
@@ -264,7 +263,7 @@ def run_search(
     if (early := _stop_early(project, plan, run, stop_event)) is not None:  # asked to stop while starting
         return early
     with ProjectLock(project, on_wait=emit):
-        check_writable(project)
+        _atomic.check_writable(project, "--project")  # before any training
         extension = record_extension(project, run, settings) if run is not None else None
         if run is not None and load_project(project).done:
             return _already_finished(project, settings, space, plan, run)
