@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xtune.cli import tune
-from xtune.data import DataError, _archive, _scan, load_prepared, prepare_data
+from xtune.data import DataError, _archive, _read, _scan, load_prepared, prepare_data
 from xtune.errors import UsageError
 
 from .images import bomb_png, image_bytes, kaggle_zip, make_classes_folder, set_declared_size, write
@@ -178,10 +178,10 @@ def test_reading_stops_one_byte_past_the_limit_whatever_the_file_said():
         asked.append(n)
         return bytes(n)
 
-    with pytest.raises(_scan.Unusable, match="longer than its size said, past the 1 KiB limit"):
-        _scan.read_bounded(endless, expected=10, limit=1024)
+    with pytest.raises(_read.Unusable, match="longer than its size said, past the 1 KiB limit"):
+        _read.read_bounded(endless, expected=10, limit=1024)
     assert sum(asked) == 1025
-    assert _scan.read_bounded(io.BytesIO(b"x" * 1024).read, expected=1024, limit=1024) == b"x" * 1024
+    assert _read.read_bounded(io.BytesIO(b"x" * 1024).read, expected=1024, limit=1024) == b"x" * 1024
 
 
 def test_huge_decodes_run_one_at_a_time_and_small_ones_together():

@@ -21,7 +21,8 @@ from xtune.data._prepare import (
     load_prepared,
     prepare_data,
 )
-from xtune.data._scan import MAX_IMAGE_BYTES, ConvertedFile, SkippedFile
+from xtune.data._read import MAX_IMAGE_BYTES
+from xtune.data._scan import ConvertedFile, SkippedFile
 from xtune.data._store import default_data_dir
 from xtune.errors import DataError
 

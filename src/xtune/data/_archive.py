@@ -22,7 +22,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from xtune.data._scan import Entry, Unusable, check_ratio, format_size, read_bounded, too_large
+from xtune.data._read import Unusable, check_ratio, format_size, read_bounded, too_large
+from xtune.data._scan import Entry
 from xtune.errors import DataError
 
 CLASSES = ("cat", "dog")

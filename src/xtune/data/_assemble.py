@@ -24,6 +24,7 @@ import unicodedata
 from pathlib import Path
 
 from xtune.data import _store
+from xtune.data._read import format_size
 from xtune.data._scan import (
     KEPT_GRAY,
     REENCODED,
@@ -32,7 +33,6 @@ from xtune.data._scan import (
     Scanned,
     SkippedFile,
     _some,
-    format_size,
 )
 from xtune.errors import DataError
 

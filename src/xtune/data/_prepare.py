@@ -20,8 +20,8 @@ from typing import Any, cast
 from xtune import __version__, _atomic
 from xtune.data import _store
 from xtune.data._assemble import assemble
+from xtune.data._read import MAX_IMAGE_BYTES
 from xtune.data._scan import (
-    MAX_IMAGE_BYTES,
     SPLITS,
     ConvertedFile,
     SkippedFile,

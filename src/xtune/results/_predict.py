@@ -68,7 +68,8 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     """
     import tensorflow as tf
 
-    from xtune.data._scan import check_image, read_regular_file
+    from xtune.data._read import read_regular_file
+    from xtune.data._scan import check_image
 
     try:
         raw = read_regular_file(path)  # a pipe, a device or a huge file is refused unread
