@@ -57,6 +57,7 @@ class ChildSpec:
         env: Environment variables to set for it.
         log: A file for its stdout and stderr; None: passed to ``on_output``.
         stage: Stop order (lower stops first).
+        stdin: Give it a pipe on its standard input (``Child.send``); otherwise none.
     """
 
     name: str
@@ -66,6 +67,7 @@ class ChildSpec:
     env: dict = field(default_factory=dict)
     log: Path | None = None
     stage: int = 1
+    stdin: bool = False
 
 
 class Child:
@@ -108,7 +110,8 @@ class Child:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xtune.search._child", self.spec.role, payload], env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
+            stdin=subprocess.PIPE if self.spec.stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, pass_fds=(write_fd,),
             start_new_session=True)  # Ctrl-C reaches it through the supervisor, in order
         os.close(write_fd)
         generation = self.generation
@@ -139,6 +142,17 @@ class Child:
             if self._log is not None:
                 self._log.write(line + "\n")
                 self._log.flush()
+
+    def send(self, data: dict) -> bool:
+        """Write ``data`` as one JSON line on its standard input; False if it is gone."""
+        if not self.alive() or self.proc is None or self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.write((json.dumps(data) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -238,7 +238,7 @@ def test_a_waiting_worker_sleeps_longer_and_longer_instead_of_spinning():
     calls, event, waits = _IdleThenTrial(idle=6), _Recorder(), []
     client = _remote(calls, event, on_wait=lambda: waits.append(1))
     assert client.create_trial("worker-1").trial_id == "0007"
-    assert calls.calls == 7 and event.waits == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0] and waits == [1]
+    assert calls.calls == 7 and event.waits == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5] and waits == [1]
     assert client.current_trial == "0007"
 
 
@@ -315,6 +315,7 @@ def test_workers_grace_period_does_not_keep_tune_search_alive(tmp_path):
     launch = _Launch(SearchRequest(str(tmp_path), workers=2), None, threading.Event(), None)
     launch.primary = SimpleNamespace(outcome=SimpleNamespace(status="finished"))
     launch.workers = [SimpleNamespace(done=False)]
+    launch.address = "127.0.0.1:1"  # the chief served them
     before = set(threading.enumerate())
     launch._on_done(launch.primary)
     started = set(threading.enumerate()) - before

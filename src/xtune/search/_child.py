@@ -3,6 +3,12 @@
 ROLE is "search", "chief" or "worker"; SPEC is the JSON of a ``SearchRequest`` (or a
 worker's request) plus ``events_fd`` (where to write events, one JSON object per
 line) and ``parent`` (the supervisor's pid). See ``xtune._process``.
+
+A worker whose spec says ``await_chief`` was started beside its chief, before the chief
+has an address: it imports what its trials need (TensorFlow, KerasTuner: seconds of CPU
+that then overlap the chief's own start) and waits for ``{"chief": "HOST:PORT"}`` on its
+standard input. It touches no file before that, so a chief that refuses the search
+(a user's folder, a conflicting flag) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -86,9 +92,37 @@ def main(argv: list[str]) -> int:
     return {"interrupted": 130, "stopped": 1, "chief lost": 1}.get(status, 0)
 
 
+def _await_chief(stop_event: threading.Event) -> str | None:
+    """Warm up, then the chief's address from standard input; None if stopped (or no address comes)."""
+    import xtune.search._run
+    import xtune.search._worker  # noqa: F401 - imported for its imports (TensorFlow, KerasTuner)
+
+    got: list[str] = []
+    arrived = threading.Event()
+
+    def read() -> None:
+        got.append(sys.stdin.readline())
+        arrived.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    while not arrived.wait(0.2):
+        if stop_event.is_set():
+            return None
+    try:
+        return json.loads(got[0])["chief"] if got[0].strip() else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _run(role: str, spec: dict, emit, stop_event) -> tuple[str, dict]:
     if role == "worker":
         from xtune.search._worker import WorkerRequest, run_worker
+
+        if spec.pop("await_chief", False):
+            spec["chief"] = _await_chief(stop_event)
+            if spec["chief"] is None:
+                return "interrupted", {"trials": 0, "message": "stopped before its chief served",
+                                       "trial_id": None, "worker_id": spec.get("worker_id")}
 
         summary = run_worker(WorkerRequest.from_dict(spec), progress=emit, stop_event=stop_event,
                              recycle_mb=recycle_mb())  # a WorkerOutcome; the others' are SearchOutcomes
@@ -111,5 +145,18 @@ def _run(role: str, spec: dict, emit, stop_event) -> tuple[str, dict]:
     return outcome.status, {"resumed": outcome.resumed, "notes": outcome.notes, "message": outcome.message}
 
 
+def _exit(code: int) -> None:
+    """End now: every state file is written (atomically) and the outcome sent. An
+    interpreter's own exit tears TensorFlow down for about a second per process, paid at
+    the end of every search and at each memory recycling; a kill at this moment loses
+    nothing either."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit(main(sys.argv[1:]))

@@ -4,8 +4,9 @@
 supervised child processes (``xtune._process``):
 
 * one process: a "search" child (``run_search``);
-* ``--workers N``: a "chief" child on a free loopback port, then N "worker" children
-  (GPUs divided among them, CPU threads split on a machine without);
+* ``--workers N``: a "chief" child on a free loopback port and N "worker" children
+  (GPUs divided among them, CPU threads split on a machine without), started together:
+  a worker imports TensorFlow while the chief starts, then waits for its address;
 * ``--chief``: a "chief" child that serves workers on other machines.
 
 The parent renders their events (one view whatever the mode), restarts a child that
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -225,6 +227,7 @@ class _Launch:
         self.stopped: str | None = None
         self.groups = assign_gpus(request.gpus, request.workers or 0)
         self._grace: threading.Timer | None = None
+        self.address: str | None = None  # the chief's, once it serves
         self.threads = None
         if request.workers and not request.gpus:
             self.threads = max(1, (os.cpu_count() or 1) // request.workers)
@@ -239,6 +242,8 @@ class _Launch:
         role = "search" if request.mode == "single" else "chief"
         log = request.path / "cluster" / "chief.log" if request.mode == "workers" else None
         self.primary = self.supervisor.start(ChildSpec(role, role, spec, restart, env, log, stage=1))
+        if request.mode == "workers":
+            self._start_workers()  # beside the chief: their imports overlap its start
         try:
             self.supervisor.run()
         except KeyboardInterrupt:  # pragma: no cover - the supervisor handles signals itself
@@ -253,7 +258,7 @@ class _Launch:
     def _on_event(self, child, event: Event) -> None:
         if child is self.primary:
             if isinstance(event, Serving) and self.request.mode == "workers":
-                self._start_workers(event.port)
+                self._serve_workers(event.port)
                 return
             if isinstance(event, SearchStarted) and self.request.mode == "workers":
                 event = event.replace(workers=[{"worker": f"worker-{k + 1}", "gpus": g, "threads": self.threads,
@@ -271,27 +276,41 @@ class _Launch:
         elif isinstance(event, (BatchProgress, MemoryRecycled)):
             self.progress(event)
 
-    def _start_workers(self, port: int) -> None:
+    def _start_workers(self) -> None:
+        """Start the workers now; they import TensorFlow and wait for the chief's address."""
         from xtune.search._worker import WorkerRequest
 
         request = self.request
         assert request.workers is not None  # "workers" mode
         for k in range(1, request.workers + 1):
-            spec = WorkerRequest(str(request.path), f"127.0.0.1:{port}", str(k), request.data_dir,
-                                 request.mixed_precision, request.strategy).to_dict()
+            spec = WorkerRequest(str(request.path), None, str(k), request.data_dir, request.mixed_precision,
+                                 request.strategy).to_dict()
             env = _threads_env(self.threads)
             if self.groups[k - 1] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = self.groups[k - 1]
             log = request.path / "cluster" / f"worker-{k}.log"
-            self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker", spec, None, env, log,
-                                                                stage=0)))
+            self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker", {**spec, "await_chief": True},
+                                                                None, env, log, stage=0, stdin=True)))
+
+    def _serve_workers(self, port: int) -> None:
+        """The chief serves: each worker gets its address (and keeps it for a restart)."""
+        self.address = f"127.0.0.1:{port}"
+        for worker in self.workers:
+            spec = {k: v for k, v in worker.spec.spec.items() if k != "await_chief"}
+            worker.spec.spec = {**spec, "chief": self.address}
+            worker.send({"chief": self.address})  # one that died meanwhile restarts with it
         assert self.primary is not None  # the chief that serves them
-        self.progress(WorkersStarted({"pid": self.primary.pid, "address": f"127.0.0.1:{port}"},
+        self.progress(WorkersStarted({"pid": self.primary.pid, "address": self.address},
                                      [{"worker": w.name, "pid": w.pid, "gpus": g, "threads": self.threads}
                                       for w, g in zip(self.workers, self.groups)]))
 
     def _on_done(self, child: Child) -> None:
         if child is self.primary:
+            if self.address is None:  # it never served: its workers, still waiting, did nothing
+                self.supervisor.stop()
+                for worker in self.workers:
+                    worker.signal(signal.SIGKILL)
+                return
             finished = child.outcome is not None and child.outcome.status in ("finished", "already finished")
             if finished and any(not w.done for w in self.workers):
                 # Each is told at its next ask. A daemon, cancelled when the launch ends: a
@@ -303,8 +322,8 @@ class _Launch:
                 self.supervisor.stop()
             return
         status = child.outcome.status if child.outcome else None
-        if status == "finished":
-            return
+        if status == "finished" or (self.address is None and self.supervisor._stopping):
+            return  # (a worker stopped before its chief served has nothing to say)
         if child.error is not None and child.error.error in _ERRORS:
             self.fatal = _ERRORS[child.error.error](child.error.message)
         elif status == "stopped":

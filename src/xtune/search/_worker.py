@@ -37,7 +37,9 @@ from xtune.search._chief import (
 )
 from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, read_run, supervisor_pid
 
-IDLE_SLEEP = (0.2, 2.0)  # a waiting worker asks again after this long, doubling up to the second
+# A waiting worker asks again after this long, doubling up to the second. The chief ends
+# when every worker has heard that the plan is done, so the cap is also its last wait.
+IDLE_SLEEP = (0.1, 0.5)
 RPC_TIMEOUT = 30  # seconds a worker waits for an unreachable chief before it stops (KerasTuner: 1 h)
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
