@@ -3,7 +3,7 @@
     python scripts/kill_resume.py --kills 30 [--workdir DIR] [--max-trials 20] [--seed 7]
 
 1. Generates a tiny two-class image folder (16 px) and runs the search once without
-   interruption: the reference.
+   interruption, as one process: the reference.
 2. Runs the same search in a subprocess and kills it with SIGKILL, over and over,
    aiming at: the first trial, the moments between trials, the inside of an epoch,
    and the inside of a state write (writes are slowed down with the fault hook
@@ -41,11 +41,12 @@ def make_images(folder: Path, per_class: int = 24, size: int = 16, seed: int = 0
     return make_image_folder(folder, per_class=per_class, size=size, seed=seed)
 
 
-def search_command(data: Path, project: Path, data_dir: Path, args) -> list[str]:
+def search_command(data: Path, project: Path, data_dir: Path, args, workers: int | None = None) -> list[str]:
+    workers = workers or getattr(args, "workers", None)
     return [sys.executable, "-m", "xtune", "search", "--data", str(data), "--project", str(project),
             "--data-dir", str(data_dir), "--image-size", "16", "--batch-size", "8", "--space", "small",
             "--max-trials", str(args.max_trials), "--max-epochs", str(args.max_epochs), "--seed", str(args.seed),
-            "--verbose", *(["--workers", str(args.workers)] if getattr(args, "workers", None) else [])]
+            "--verbose", *(["--workers", str(workers)] if workers else [])]
 
 
 def _env(pause_writes: bool) -> dict:
@@ -74,7 +75,7 @@ def trials_on_disk(project: Path) -> dict:
     return out
 
 
-def _phase_now(project: Path, saw_epoch_end: bool) -> str:
+def _phase_now(project: Path, saw_epoch_end: bool, stale: set) -> str:
     ended = []
     for path in project.glob("trial_*/xtune.json"):
         try:
@@ -84,7 +85,7 @@ def _phase_now(project: Path, saw_epoch_end: bool) -> str:
             continue
     if not ended:
         return "first trial"
-    if list(project.rglob("*.tmp-*")):
+    if set(project.rglob("*.tmp-*")) - stale:
         return "during a state write"
     return "inside an epoch" if saw_epoch_end else "between trials"
 
@@ -94,6 +95,12 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
     import queue
     import threading
 
+    # Only a write of this run counts: not a temporary file an earlier kill left behind, nor a
+    # write of the earlier run's workers, still stopping (the new run's first line comes once they
+    # are gone: it waits for them before it starts).
+    stale: set | None = None
+    at_launch = set(project.rglob("*.tmp-*"))
+    launched = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(target == "during a state write"), start_new_session=True)
     lines: queue.Queue = queue.Queue()
@@ -123,9 +130,11 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
                 time.sleep(rng.uniform(0.05, 0.4))
                 fire = True
         elif target == "during a state write":
-            fire = bool(list(project.rglob("*.tmp-*")))
+            if stale is None and any(not l.startswith("Waiting for pid") for l in seen):
+                stale = set(project.rglob("*.tmp-*"))
+            fire = stale is not None and bool(set(project.rglob("*.tmp-*")) - stale)
         if fire:
-            killed_at = _phase_now(project, target == "inside an epoch")
+            killed_at = _phase_now(project, target == "inside an epoch", at_launch if stale is None else stale)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             break
@@ -137,7 +146,8 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
     finished = killed_at is None
     if finished and proc.returncode != 0:
         raise AssertionError(f"the search failed (exit {proc.returncode}):\n" + "\n".join(seen[-30:]))
-    return {"target": target, "killed_at": killed_at, "finished": finished, "output": seen}
+    return {"target": target, "killed_at": killed_at, "finished": finished, "output": seen,
+            "seconds": round(time.monotonic() - launched, 1)}
 
 
 def run(args) -> dict:
@@ -147,11 +157,13 @@ def run(args) -> dict:
     data_dir = work / "data"
     started = time.monotonic()
 
-    # The reference runs beside the killed runs (its data is prepared first, once).
+    # The reference runs beside the killed runs (its data is prepared first, once), as one
+    # process: the default's plan and trials are one process's (tests/search/test_distributed.py),
+    # and two more TensorFlow processes would only slow the killed runs down.
     reference = work / "reference"
     subprocess.run([sys.executable, "-m", "xtune", "data", "prepare", str(data), "--data-dir", str(data_dir)],
                    check=True, capture_output=True, env=_env(False))
-    ref_proc = subprocess.Popen(search_command(data, reference, data_dir, args), stdout=subprocess.PIPE,
+    ref_proc = subprocess.Popen(search_command(data, reference, data_dir, args, workers=1), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=_env(False))
 
     project = work / "killed"
@@ -171,13 +183,16 @@ def run(args) -> dict:
         for trial_id, t in on_disk.items():
             if t["status"] == "RUNNING" and t["epochs_saved"] and t["epochs_saved"] > t["initial_epoch"]:
                 interrupted_epochs.setdefault(trial_id, set()).add(t["epochs_saved"])
-        kills.append({"target": target, "killed_at": result["killed_at"], "trials_on_disk": len(on_disk),
+        kills.append({"target": target, "killed_at": result["killed_at"], "seconds": result["seconds"],
+                      "trials_on_disk": len(on_disk),
                       "running": {i: t["epochs_saved"] for i, t in on_disk.items() if t["status"] == "RUNNING"},
                       "last_lines": result["output"][-12:]})
+    final_started = time.monotonic()
     if not finished:
         final = subprocess.run(search_command(data, project, data_dir, args), capture_output=True, text=True, env=_env(False))
         if final.returncode != 0:
             raise SystemExit(f"final resume failed:\n{final.stdout[-3000:]}\n{final.stderr[-2000:]}")
+    final_seconds = time.monotonic() - final_started
     got = trials_on_disk(project)
     ref_out, _ = ref_proc.communicate()
     if ref_proc.returncode != 0:
@@ -221,12 +236,14 @@ def run(args) -> dict:
     report = {
         "kills": len(kills),
         "kills_by_phase": {p: sum(k["killed_at"] == p for k in kills) for p in PHASES},
+        "seconds_per_kill": [k["seconds"] for k in kills],
         "plan_trials": plan_total,
         "trials_completed": sum(t["status"] == "COMPLETED" for t in got.values()),
         "trials_resumed_mid_trial": len(interrupted_epochs),
         "same_promotions_as_reference": same_promotions,
         "checks": checks,
         "seconds": round(time.monotonic() - started, 1),
+        "seconds_final_resume": round(final_seconds, 1),
         "workdir": str(work),
     }
     if not args.workdir and all(checks.values()):
