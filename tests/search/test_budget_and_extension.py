@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,12 +21,14 @@ pytestmark = pytest.mark.slow
 
 def test_a_budget_excluding_most_of_the_space_completes_its_plan_within_it(image_folder, data_dir, tmp_path):
     project = tmp_path / "budget"
-    # At 16 px, 2 classes: 9 % of the small space has at most 2,000 parameters; 0.7 % at most 300,000 FLOPs.
+    # At 16 px, 2 classes: 9 % of the small space has at most 2,000 parameters; 0.7 % at most 300,000 FLOPs
+    # (four draws that ignored the budget would all fit it once in 400 million searches).
     result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir, "--max-params", "2000",
-                                                  "--max-flops", "300000", "--quiet"))
+                                                  "--max-flops", "300000", "--quiet", "--max-trials", "4",
+                                                  "--max-epochs", "2", "--factor", "2"))
     assert result.exit_code == 0, result.output
     state = load_project(project)
-    assert len(state.trials) == state.plan.total_trials == 10
+    assert len(state.trials) == state.plan.total_trials == 4
     assert all(t.status == "COMPLETED" for t in state.trials)  # nothing over budget was built, nothing failed
     for t in state.trials:
         config = MiniXceptionConfig.from_values(t.values)
@@ -53,43 +54,47 @@ def _brackets(state):
     return [(t.bracket, t.round, t.epochs) for t in sorted(state.trials, key=lambda t: t.trial_id)]
 
 
-def test_extending_a_finished_search_adds_whole_brackets_and_reruns_nothing(finished, image_folder, data_dir, tmp_path):
+def test_extending_a_finished_search_adds_whole_brackets_and_reruns_nothing(image_folder, data_dir, tmp_path):
     project = tmp_path / "extended"
-    shutil.copytree(finished[0], project)
-    (project / ".lock").unlink(missing_ok=True)
+    # A finished search of four trials (its own: extending the shared ten-trial one trains ten more).
+    base = CliRunner().invoke(tune, search_args(image_folder, project, data_dir, "--max-trials", "4",
+                                                "--max-epochs", "2", "--factor", "2", "--quiet"))
+    assert base.exit_code == 0, base.output
     before = load_project(project)
+    assert before.done and len(before.trials) == 4
     stamps = {t.trial_id: (project / f"trial_{t.trial_id}" / "checkpoint.weights.h5").stat().st_mtime_ns
               for t in before.trials}
 
-    plan = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "20", "--plan"])
-    assert plan.exit_code == 0 and "This extends the search's plan of 10 trials" in plan.output
+    plan = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "8", "--plan"])
+    assert plan.exit_code == 0 and "This extends the search's plan of 4 trials" in plan.output
     assert "new" in plan.output
 
-    # The extension, killed in the middle (after its first new trial), then resumed.
+    # The extension (the default command), killed in the middle (after its first new trial), then resumed.
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, "-m", "xtune", "search", "--project", str(project), "--max-trials", "20"],
+    proc = subprocess.Popen([sys.executable, "-m", "xtune", "search", "--project", str(project), "--max-trials", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     for line in proc.stdout:
-        if line.startswith("trial 0010"):
+        if line.startswith("trial 0004"):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "20", "--workers", "1"])
+    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "8", "--workers", "1"])
     assert result.exit_code == 0, result.output
 
     after = load_project(project)
-    assert after.plan.total_trials == len(after.trials) == 20 and after.done
+    assert after.plan.total_trials == len(after.trials) == 8 and after.done
     assert all(t.status == "COMPLETED" for t in after.trials)
     assert after.plan.brackets[: len(before.plan.brackets)] == before.plan.brackets  # the old plan, then new brackets
+    assert len(after.plan.brackets) > len(before.plan.brackets)
     for t in before.trials:  # kept, never re-run
         assert (project / f"trial_{t.trial_id}" / "checkpoint.weights.h5").stat().st_mtime_ns == stamps[t.trial_id]
         assert after.trial(t.trial_id).record.history == t.record.history
-    assert _brackets(after)[:10] == _brackets(before)
+    assert _brackets(after)[:4] == _brackets(before)
     run = json.loads((project / "run.json").read_text())
-    assert run["settings"]["max_trials"] == 20 and run["extensions"][0]["from_max_trials"] == 10
+    assert run["settings"]["max_trials"] == 8 and run["extensions"][0]["from_max_trials"] == 4
     # Fewer trials than stored is still a conflict.
-    shrink = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "10"])
-    assert shrink.exit_code == 2 and "--max-trials 10 conflicts" in shrink.output
+    shrink = CliRunner().invoke(tune, ["search", "--project", str(project), "--max-trials", "4"])
+    assert shrink.exit_code == 2 and "--max-trials 4 conflicts" in shrink.output
 
 
 def test_a_warm_start_begins_with_the_other_searchs_best(finished, image_folder, data_dir, tmp_path):

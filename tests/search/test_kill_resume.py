@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL a running search at 10 moments of its life, resume each time.
+"""Fault injection: SIGKILL a running search at 7 moments of its life, resume each time.
 
 The same script (`python scripts/kill_resume.py --kills 30`) runs longer versions.
 """
@@ -21,11 +21,12 @@ def _load_script():
     return module
 
 
-def test_sigkill_at_ten_moments_loses_nothing(tmp_path):
+def test_sigkill_at_seven_moments_loses_nothing(tmp_path):
     script = _load_script()
-    report = script.run(Namespace(kills=10, max_trials=16, max_epochs=3, seed=7, workdir=str(tmp_path)))
-    assert report["plan_trials"] == 16
-    assert report["kills"] == 10
+    # Seven kills aim at each later phase twice: "inside an epoch" may land in the first trial.
+    report = script.run(Namespace(kills=7, max_trials=12, max_epochs=3, seed=7, workdir=str(tmp_path)))
+    assert report["plan_trials"] == 12
+    assert report["kills"] == 7
     by_phase = report["kills_by_phase"]
     assert by_phase["first trial"] >= 1
     assert by_phase["during a state write"] >= 1

@@ -141,12 +141,13 @@ def _read_until(proc, predicate, timeout=240):
 
 def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, tmp_path):
     project = tmp_path / "killed"
+    small = ("--max-trials", "6", "--max-epochs", "2")  # six trials of two epochs
     # Ctrl-C after the first trial's first epoch: it stops at the next batch, says how to resume.
     # The epoch's line is printed before its backup is written, and that write (the fault hook
     # of xtune._atomic) pauses, so the signal lands before epoch 2 starts however slow the
     # machine: without the pause, an epoch 2 that ends first moves the Ctrl-C to trial 0001.
     pause = {"XTUNE_FAULT_PAUSE_WRITE": "3", "XTUNE_FAULT_PAUSE_WRITE_MATCH": "trial_0000/backup/state"}
-    proc = _search_process(image_folder, project, data_dir, env=pause)
+    proc = _search_process(image_folder, project, data_dir, *small, env=pause)
     _read_until(proc, lambda line, _: " epoch 1/" in line)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
     out, _ = proc.communicate(timeout=120)
@@ -156,7 +157,7 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
     assert status["state"] == "interrupted" and status["interrupted"][0]["trial_id"] == "0000"
 
     # SIGKILL after three completed trials.
-    proc = _search_process(image_folder, project, data_dir)
+    proc = _search_process(image_folder, project, data_dir, *small)
     _read_until(proc, lambda line, lines: sum(l.startswith("trial ") for l in lines) >= 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -164,11 +165,11 @@ def test_ctrl_c_then_sigkill_then_resume_loses_nothing(image_folder, data_dir, t
     assert len(before) >= 3
     stamps = {i: (project / f"trial_{i}" / "checkpoint.weights.h5").stat().st_mtime_ns for i in before}
 
-    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir))
+    result = CliRunner().invoke(tune, search_args(image_folder, project, data_dir, *small))
     assert result.exit_code == 0, result.output
     assert "Resuming" in result.output
     after = load_project(project)
-    assert len(after.trials) == after.plan.total_trials == 10
+    assert len(after.trials) == after.plan.total_trials == 6
     assert all(t.status == "COMPLETED" for t in after.trials)
     for trial_id, t in before.items():  # kept, never re-run
         assert after.trials[int(trial_id)].record.history == t.record.history
@@ -210,7 +211,8 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(image_folder, data_d
         return real(config, *args, **kwargs)
 
     monkeypatch.setattr(_hypermodel, "build_model", flaky)
-    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 10, "max_epochs": 4, "seed": 3}
+    given = {"data": str(image_folder), "image_size": 16, "batch_size": 8, "max_trials": 4, "max_epochs": 2,
+             "factor": 2, "seed": 3}
     outcome = run_search(tmp_path / "flaky", given, space_ref="small", data_dir=data_dir)
     assert outcome.status == "finished"
     state = load_project(tmp_path / "flaky")
