@@ -499,3 +499,25 @@ def test_the_hint_to_prepare_changed_data_again_quotes_the_source(tmp_path):
     with pytest.raises(DataError) as info:
         _list_split(prepared, "train")  # two files prepared, none there now
     assert next_command(str(info.value), "prepare it again: ") == ["tune", "data", "prepare", source, "--overwrite"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_refused_search_starts_no_process(tmp_path, monkeypatch, workers):
+    """What the search process would refuse first is refused by `tune search` itself, in a
+    fraction of a second: no process starts (and imports TensorFlow) only to say no."""
+    from xtune import _process
+
+    def no_child(self, restart=False):
+        raise AssertionError(f"started {self.spec.name} for a search it refuses")
+
+    monkeypatch.setattr(_process.Child, "start", no_child)
+    project = new_project(tmp_path / SPACED / "search")
+    before = sorted(p.name for p in project.iterdir())
+    conflict = error_line(run("search", "--project", project, "--image-size", "64", "--workers", workers), 2)
+    assert "--image-size 64 conflicts with this search's 32" in conflict
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.md").write_text("mine")
+    refused = error_line(run("search", "--project", users, "--data", "demo", "--workers", workers), 2)
+    assert "is not a tune search: it holds notes.md" in refused
+    assert sorted(p.name for p in project.iterdir()) == before and sorted(p.name for p in users.iterdir()) == ["notes.md"]

@@ -241,9 +241,10 @@ class _Launch:
         env = {"CUDA_VISIBLE_DEVICES": ""} if request.mode != "single" else {}  # a chief trains nothing
         role = "search" if request.mode == "single" else "chief"
         log = request.path / "cluster" / "chief.log" if request.mode == "workers" else None
+        will_train = self._will_train()  # raises here, at once, what the child would refuse
         self.primary = self.supervisor.start(ChildSpec(role, role, spec, restart, env, log, stage=1))
-        if request.mode == "workers":
-            self._start_workers()  # beside the chief: their imports overlap its start
+        if will_train and request.mode == "workers":
+            self._start_workers(None)  # beside the chief: their imports overlap its start
         try:
             self.supervisor.run()
         except KeyboardInterrupt:  # pragma: no cover - the supervisor handles signals itself
@@ -276,25 +277,46 @@ class _Launch:
         elif isinstance(event, (BatchProgress, MemoryRecycled)):
             self.progress(event)
 
-    def _start_workers(self) -> None:
-        """Start the workers now; they import TensorFlow and wait for the chief's address."""
+    def _will_train(self) -> bool:
+        """Whether the chief will hand out trials, judged here in a fraction of a second.
+
+        The checks a search or chief process makes first (settings against run.json, a
+        folder that is not a search, a warm start) run here too, so a refusal is one line
+        before any process starts TensorFlow; a finished search starts no workers.
+        """
+        from xtune.search._run import _resolve
+        from xtune.search._state import load_project
+
+        request = self.request
+        settings, _, run, _ = _resolve(request.path, request.given, request.space_ref, request.overwrite,
+                                       request.warm)
+        if run is None or settings.max_trials > run["settings"].get("max_trials", 0):
+            return True  # a new search, or an extension
+        return not load_project(request.path).done
+
+    def _start_workers(self, address: str | None) -> None:
+        """Start the workers; without the chief's address yet, they import TensorFlow and wait for it."""
         from xtune.search._worker import WorkerRequest
 
         request = self.request
         assert request.workers is not None  # "workers" mode
         for k in range(1, request.workers + 1):
-            spec = WorkerRequest(str(request.path), None, str(k), request.data_dir, request.mixed_precision,
+            spec = WorkerRequest(str(request.path), address, str(k), request.data_dir, request.mixed_precision,
                                  request.strategy).to_dict()
             env = _threads_env(self.threads)
             if self.groups[k - 1] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = self.groups[k - 1]
             log = request.path / "cluster" / f"worker-{k}.log"
-            self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker", {**spec, "await_chief": True},
-                                                                None, env, log, stage=0, stdin=True)))
+            waits = address is None
+            self.workers.append(self.supervisor.start(ChildSpec(f"worker-{k}", "worker",
+                                                                {**spec, "await_chief": True} if waits else spec,
+                                                                None, env, log, stage=0, stdin=waits)))
 
     def _serve_workers(self, port: int) -> None:
         """The chief serves: each worker gets its address (and keeps it for a restart)."""
         self.address = f"127.0.0.1:{port}"
+        if not self.workers:  # none started beside it
+            self._start_workers(self.address)
         for worker in self.workers:
             spec = {k: v for k, v in worker.spec.spec.items() if k != "await_chief"}
             worker.spec.spec = {**spec, "chief": self.address}
