@@ -1,6 +1,6 @@
 """What the search costs beyond training: loop overhead, bookkeeping, memory, backups.
 
-    python -m benchmarks.search_costs [--only loop,overhead,backups] [--trials 30]
+    python -m benchmarks.search_costs [--only loop,overhead,default,backups] [--trials 30] [--repeats 1]
 
 On the demo digits (1,797 real images, 32 px), all in one run:
 
@@ -17,6 +17,13 @@ On the demo digits (1,797 real images, 32 px), all in one run:
   XTUNE_RECYCLE_MB (default 256 MB); RSS after each trial read from the trial records,
   against the in-process run of "overhead" (no restarts). Goal: the last trial's RSS
   within 20 % of the fifth's.
+- default: the same 30-trial search through the launcher, with the default command
+  (on this machine two workers, one thread each) and with ``--workers 1`` (one search
+  process, all the threads), alternated, ``--repeats`` times. The share of the
+  launch-to-end wall time in which no process is inside a training epoch (the union of
+  every process's epochs; a run's first epoch counts as long as its trial's later ones,
+  the rest of it is graph tracing), and beside it the share of each process's time
+  outside its epochs. Goal (issue #17): the first <= 25 % with the default command.
 - keras_memory: the baseline for "memory": RSS after each of 30 cycles of a bare
   Keras build + fit (2 epochs) + ``clear_session()`` + ``gc.collect()`` of the same
   space's models, no xtune search code: how much TensorFlow itself keeps per model.
@@ -40,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks._common import dump, median, rss_mb, write_result
 
 IMAGE_SIZE = 32
-PARTS = ("loop", "overhead", "memory", "keras_memory", "backups")
+PARTS = ("loop", "overhead", "default", "memory", "keras_memory", "backups")
 BATCH = 32
 
 
@@ -193,6 +200,80 @@ def search_overhead(splits, data_info, work: Path, trials: int = 30) -> dict:
     }
 
 
+def _training_intervals(epochs: list[tuple[str, str, float, float]]) -> dict[str, list[tuple[float, float]]]:
+    """(process, trial, time received, seconds) of every epoch -> each process's training intervals.
+
+    A trial run's first epoch also traces the graph: it counts as long as the run's later
+    epochs (their median), at its end; a run of one epoch counts whole.
+    """
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for process, trial, at, seconds in epochs:
+        runs.setdefault((process, trial), []).append((at, seconds))
+    out: dict[str, list[tuple[float, float]]] = {}
+    for (process, _), run in runs.items():
+        steady = median([sec for _, sec in run[1:]]) if len(run) > 1 else run[0][1]
+        for k, (at, seconds) in enumerate(run):
+            out.setdefault(process, []).append((at - (min(seconds, steady) if k == 0 else seconds), at))
+    return out
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int = 1) -> dict:
+    """The share of wall time with no training epoch running: default command vs one process."""
+    from xtune._events import EpochEnded, TrialEnded
+    from xtune.search import SearchRequest, _launch, start_search
+
+    received: list[tuple[str, str, float, float]] = []
+    ended: list = []
+    original = _launch._Launch._on_event
+
+    def spy(self, child, event):  # every process's own epochs (the chief's view has no durations)
+        if isinstance(event, EpochEnded) and event.seconds is not None and event.trial_id is not None:
+            received.append((child.name, event.trial_id, time.monotonic(), event.seconds))
+        return original(self, child, event)
+
+    given = {"data": "demo", "image_size": IMAGE_SIZE, "batch_size": BATCH, "max_trials": trials, "max_epochs": 4}
+    runs = []
+    _launch._Launch._on_event = spy
+    try:
+        for r in range(repeats):
+            for workers in (None, 1):
+                received.clear()
+                ended.clear()
+                project = work / f"default-{r}-{workers}"
+                start = time.monotonic()
+                start_search(SearchRequest(str(project), given, "small", str(data_dir), workers=workers),
+                             lambda e: ended.append(e) if isinstance(e, TrialEnded) else None)
+                wall = time.monotonic() - start
+                by_process = _training_intervals(received)
+                union = _union_seconds([i for spans in by_process.values() for i in spans])
+                per_process = sum(_union_seconds(spans) for spans in by_process.values())
+                runs.append({"command": "default" if workers is None else "--workers 1",
+                             "processes_training": len(by_process), "trials": len(ended), "wall_s": round(wall, 1),
+                             "training_union_s": round(union, 1),
+                             "outside_training_share": round(1 - union / wall, 3),
+                             "per_process_outside_training_share": round(1 - per_process / (len(by_process) * wall), 3),
+                             "trials_per_hour": round(len(ended) / wall * 3600)})
+                print(runs[-1], flush=True)
+                shutil.rmtree(project, ignore_errors=True)
+    finally:
+        _launch._Launch._on_event = original
+    best = {c: min((r for r in runs if r["command"] == c), key=lambda r: r["outside_training_share"])
+            for c in ("default", "--workers 1")}
+    return {"trials": trials, "image_size": IMAGE_SIZE, "space": "small", "repeats": repeats, "runs": runs,
+            "outside_training_share": {c: b["outside_training_share"] for c, b in best.items()},
+            "trials_per_hour_ratio": round(best["default"]["trials_per_hour"] / best["--workers 1"]["trials_per_hour"], 2),
+            "goal": "default <= 0.25"}
+
+
 def supervised_memory(data_dir: Path, work: Path, trials: int = 30) -> dict:
     """RSS per trial of `tune search` (supervised: restarts itself when memory grows)."""
     import subprocess
@@ -271,6 +352,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each command in part 'default'")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="xtune-bench-"))
@@ -284,6 +366,8 @@ def main(argv=None) -> dict:
             result["training_loop"] = training_loop(splits, data_info, work)
         if "overhead" in wanted:
             result["search_overhead"] = search_overhead(splits, data_info, work, args.trials)
+        if "default" in wanted:
+            result["default_command"] = default_command(data_dir, work, args.trials, args.repeats)
         if "memory" in wanted:
             result["supervised_memory"] = supervised_memory(data_dir, work, args.trials)
         if "keras_memory" in wanted:
