@@ -290,8 +290,8 @@ class _Launch:
         request = self.request
         settings, _, run, _ = _resolve(request.path, request.given, request.space_ref, request.overwrite,
                                        request.warm)
-        if run is None or settings.max_trials > run["settings"].get("max_trials", 0):
-            return True  # a new search, or an extension
+        if run is None or SearchSettings.from_dict(run["settings"]).max_trials != settings.max_trials:
+            return True  # a new search, or an extension (as record_extension tells them apart)
         return not load_project(request.path).done
 
     def _start_workers(self, address: str | None) -> None:
@@ -315,12 +315,13 @@ class _Launch:
     def _serve_workers(self, port: int) -> None:
         """The chief serves: each worker gets its address (and keeps it for a restart)."""
         self.address = f"127.0.0.1:{port}"
-        if not self.workers:  # none started beside it
+        if not self.workers:  # none started beside it (a search that looked finished): with the address
             self._start_workers(self.address)
-        for worker in self.workers:
-            spec = {k: v for k, v in worker.spec.spec.items() if k != "await_chief"}
-            worker.spec.spec = {**spec, "chief": self.address}
-            worker.send({"chief": self.address})  # one that died meanwhile restarts with it
+        else:
+            for worker in self.workers:
+                spec = {k: v for k, v in worker.spec.spec.items() if k != "await_chief"}
+                worker.spec.spec = {**spec, "chief": self.address}
+                worker.send({"chief": self.address})  # one that died meanwhile restarts with it
         assert self.primary is not None  # the chief that serves them
         self.progress(WorkersStarted({"pid": self.primary.pid, "address": self.address},
                                      [{"worker": w.name, "pid": w.pid, "gpus": g, "threads": self.threads}
