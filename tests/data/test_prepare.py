@@ -208,6 +208,21 @@ def test_demo_is_real_digits_in_class_folders(data_dir):
     assert prepare_data("demo", data_dir=data_dir) == prepared
 
 
+def test_the_demo_digits_ship_with_xtune_not_through_scikit_learn():
+    """The UCI digits as load_digits reads them (its first image is a 0), with scikit-learn unimportable."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sklearn'] = None\n"  # an import of it would raise
+            "from xtune.data._demo import load_digits\n"
+            "images, labels = load_digits()\n"
+            "print(images.shape, images.min(), images.max(), int(images.sum()), labels[:10].tolist(),"
+            " [int((labels == d).sum()) for d in range(10)], images[0, 1].astype(int).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")[0]
+    assert out == ("(1797, 8, 8) 0.0 16.0 561718 [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] "
+                   "[178, 182, 177, 183, 181, 182, 181, 179, 174, 180] [0, 0, 13, 15, 10, 15, 5, 0]")
+
+
 def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     from xtune.data import default_data_dir
 
