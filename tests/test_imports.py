@@ -46,3 +46,28 @@ def test_python_dash_m_xtune_is_the_tune_command():
     out = subprocess.run([sys.executable, "-m", "xtune", "--version"], capture_output=True, text=True)
     assert out.returncode == 0
     assert out.stdout.startswith("tune, version")
+
+
+@pytest.mark.slow
+def test_the_tune_process_of_a_search_with_workers_never_imports_tensorflow(tmp_path):
+    """The parent starts the chief and the workers and renders their events; TensorFlow is theirs.
+
+    A fourth TensorFlow start, in the parent, cost every `--workers` search about 4 s of CPU
+    on a 2-core machine, at the moment the three children start theirs.
+    """
+    from xtune.data._synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "images", per_class=8, size=16)
+    args = ["search", "--data", "images", "--project", "p", "--data-dir", "d", "--image-size", "16",
+            "--batch-size", "8", "--space", "small", "--max-trials", "2", "--max-epochs", "1", "--workers", "2"]
+    code = ("import sys\n"
+            "from xtune.cli import main\n"
+            "try:\n"
+            f"    main({args!r})\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            f"print('HEAVY:' + ' '.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 trials at once" in out.stdout and "Search finished" in out.stdout, out.stdout
+    assert out.stdout.strip().endswith("HEAVY:"), out.stdout[-500:]

@@ -241,7 +241,7 @@ def worker(ctx, chief, project, worker_id, gpus, strategy, mixed_precision, data
     import os
 
     from xtune.search._launch import parse_gpus, start_worker
-    from xtune.search._worker import WorkerRequest, check_worker_id, parse_address
+    from xtune.search._worker_request import WorkerRequest, check_worker_id, parse_address
 
     project = project_required(project)
     if chief is not None:

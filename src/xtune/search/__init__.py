@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # loaded on first use (``__getattr__``); type checkers see th
     from xtune.search._launch import SearchRequest, start_search, start_worker
     from xtune.search._preflight import resolve_settings
     from xtune.search._run import SearchOutcome, make_tuner, run_search
-    from xtune.search._worker import WorkerRequest
+    from xtune.search._worker_request import WorkerRequest
 
 __all__ = [
     "Bracket",
@@ -52,7 +52,7 @@ _LAZY = {
     "SearchRequest": "_launch",
     "start_search": "_launch",
     "start_worker": "_launch",
-    "WorkerRequest": "_worker",
+    "WorkerRequest": "_worker_request",
 }
 
 

@@ -44,7 +44,7 @@ from xtune.search._project import SearchSettings, read_run
 from xtune.search._run import SearchOutcome, search_outcome
 
 if TYPE_CHECKING:
-    from xtune.search._worker import WorkerOutcome, WorkerRequest
+    from xtune.search._worker_request import WorkerOutcome, WorkerRequest
 
 _ERRORS = {cls.__name__: cls for cls in (UsageError, SpaceError, DataError, ProjectError, XtuneError)}
 WORKER_GRACE = 30.0  # seconds finished workers get to hear from the chief that the plan is done
@@ -296,7 +296,7 @@ class _Launch:
 
     def _start_workers(self, address: str | None) -> None:
         """Start the workers; without the chief's address yet, they import TensorFlow and wait for it."""
-        from xtune.search._worker import WorkerRequest
+        from xtune.search._worker_request import WorkerRequest
 
         request = self.request
         assert request.workers is not None  # "workers" mode
@@ -453,8 +453,9 @@ def start_worker(request: WorkerRequest, progress: Callable[[Event], None] | Non
     Returns:
         A ``WorkerOutcome``.
     """
-    from xtune.search._worker import WorkerOutcome
+    from xtune.search._worker_request import WorkerOutcome, search_run
 
+    search_run(request.project)  # no search there: one line now, not after a TensorFlow start
     result = {}
 
     def on_done(child):

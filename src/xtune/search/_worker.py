@@ -4,7 +4,7 @@
 deletes: it reads the settings from run.json and refuses a directory without one.
 It talks to the chief through ``RemoteOracle`` (KerasTuner's oracle service, every
 call carrying the search's id and token, see ``xtune.search._chief``). While the
-chief has nothing to hand out it sleeps (0.2 s, doubling to 2 s) instead of asking
+chief has nothing to hand out it sleeps (0.1 s, doubling to 0.5 s: ``IDLE_SLEEP``) instead of asking
 in a tight loop; when the chief is gone it stops, leaving its trial resumable.
 Like a single-process search, it ends itself between trials once its memory grew
 (``recycle_mb``) and its supervisor starts it again under the same id.
@@ -18,7 +18,6 @@ import re
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras_tuner
@@ -35,79 +34,19 @@ from xtune.search._chief import (
     read_token,
     search_id,
 )
-from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, read_run, supervisor_pid
+from xtune.search._project import FINISHED_FILE, ProjectLock, SearchSettings, orphaned, supervisor_pid
+from xtune.search._worker_request import WorkerOutcome, WorkerRequest, check_worker_id, parse_address, search_run
 
 # A waiting worker asks again after this long, doubling up to the second. The chief ends
 # when every worker has heard that the plan is done, so the cap is also its last wait.
 IDLE_SLEEP = (0.1, 0.5)
 RPC_TIMEOUT = 30  # seconds a worker waits for an unreachable chief before it stops (KerasTuner: 1 h)
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) -> ``(host, port)``; UsageError if malformed."""
-    host, sep, port = str(text).strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--chief must be HOST:PORT, like gpu-box-1:8000; got {text!r}")
-    return host, int(port)
-
-
-def check_worker_id(worker_id: str) -> str:
-    """A worker id as given, checked: letters, digits, ``_.-``; never containing "chief".
-
-    KerasTuner takes any tuner id containing "chief" for the chief itself.
-    """
-    worker_id = str(worker_id)
-    if not _ID_PATTERN.match(worker_id) or "chief" in worker_id:
-        raise UsageError(f"--worker-id must be letters, digits, '_', '.' or '-' (at most 63, not containing "
-                         f"'chief'); got {worker_id!r}")
-    return worker_id
 
 
 def _default_worker_ids():
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "host"
     host = host.replace("chief", "chf")[:40]
     return (f"{host}-{k}" for k in range(1, 1000))
-
-
-@dataclass(frozen=True)
-class WorkerRequest:
-    """What a worker process is asked to do (``tune worker`` or a local launcher)."""
-
-    project: str
-    chief: str | None = None
-    worker_id: str | None = None
-    data_dir: str | None = None
-    mixed_precision: str = "auto"
-    strategy: str = "none"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> WorkerRequest:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass
-class WorkerOutcome:
-    """What a call of ``run_worker`` did.
-
-    Attributes:
-        worker_id: The worker's id (as given, or the one picked).
-        status: "finished" (nothing left to run), "interrupted" (Ctrl-C / SIGTERM),
-            "stopped" (too many failures in a row), "chief lost" or "recycle".
-        trials: Trials this worker ended.
-        message: Why it stopped (for "stopped" and "chief lost").
-        trial_id: The trial it was running when it stopped, if any.
-    """
-
-    worker_id: str
-    status: str
-    trials: int = 0
-    message: str | None = None
-    trial_id: str | None = None
 
 
 class _WorkerSlot:
@@ -374,10 +313,7 @@ def run_worker(request: WorkerRequest, *, progress=None, stop_event: threading.E
     from xtune.search._run import stop_on_signals
 
     project = Path(request.project)
-    try:
-        run = read_run(project)
-    except ProjectError as error:  # a worker never starts a search: no run.json, no work
-        raise ProjectError(f"{error}: start the search's chief first (tune search --project DIR --chief)") from None
+    run = search_run(project)
     chief = request.chief
     if chief is None:
         info = read_chief_file(project)
