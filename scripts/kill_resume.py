@@ -168,11 +168,12 @@ def run(args) -> dict:
 
     project = work / "killed"
     kills, interrupted_epochs = [], {}
-    later = PHASES[1:]
-    targets = ["first trial"] + [later[i % len(later)] for i in range(args.kills - 1)]
-    tail = targets[1:]
-    rng.shuffle(tail)
-    targets = targets[:1] + tail
+    targets = list(getattr(args, "targets", None) or ())
+    if not targets:  # the first trial, then the later phases in turn, shuffled
+        later = PHASES[1:]
+        tail = [later[i % len(later)] for i in range(args.kills - 1)]
+        rng.shuffle(tail)
+        targets = ["first trial", *tail]
     finished = False
     for target in targets:
         result = kill_once(search_command(data, project, data_dir, args), project, target, rng)
