@@ -4,7 +4,7 @@
 ``WorkerOutcome``; the worker itself (``xtune.search._worker``) imports TensorFlow and
 KerasTuner. Kept apart so that the launcher never does: it runs beside the chief and the
 workers, and a fourth TensorFlow start on a 2-core machine cost every search about
-4 s of CPU at the moment the others start theirs (docs/ARCHITECTURE.md, "Processes").
+4 s of CPU at the moment the others start theirs (docs/ARCHITECTURE.md, "The process model").
 """
 
 from __future__ import annotations
