@@ -119,3 +119,28 @@ def test_the_remote_oracle_carries_the_identity_on_every_call(served):
     remote.end_trial(trial)
     assert oracle.get_trial(trial.trial_id).status == "COMPLETED" and oracle.end_order == [trial.trial_id]
     assert json.loads((project / f"trial_{trial.trial_id}" / "trial.json").read_text())["score"] == 0.5
+
+
+def test_a_stopping_worker_gives_up_on_a_chief_that_is_gone_in_seconds_not_the_full_timeout():
+    """A stopping worker's last calls (its trial is resumable anyway) wait at most STOPPING_RPC_TIMEOUT.
+
+    Killed with its chief, a worker had waited RPC_TIMEOUT (30 s) for it, and the next
+    `tune search` waits for that worker before it starts.
+    """
+    import threading
+    import time
+
+    import keras_tuner
+
+    from xtune.search._callbacks import ChiefLost
+    from xtune.search._worker import RPC_TIMEOUT, STOPPING_RPC_TIMEOUT
+
+    nobody = calls(free_port(), "search-A", "token")
+    nobody.timeout = RPC_TIMEOUT
+    stopping = threading.Event()
+    stopping.set()
+    remote = RemoteOracle(nobody, keras_tuner.Objective("val_accuracy", "max"), stopping)
+    started = time.monotonic()
+    with pytest.raises(ChiefLost, match="DEADLINE_EXCEEDED"):
+        remote.update_trial("0000", {"val_accuracy": 0.5})
+    assert time.monotonic() - started < STOPPING_RPC_TIMEOUT + 5 < RPC_TIMEOUT

@@ -161,7 +161,7 @@ def test_chief_and_workers_across_machines_then_a_single_process_resumes(image_f
     assert killed.status == "RUNNING" and killed.epochs_saved == 1, "the kill came after the trial ended"
 
     # The search resumes in one process: the killed worker's trial goes on from its saved epoch.
-    result = CliRunner().invoke(tune, ["search", "--project", str(project)])
+    result = CliRunner().invoke(tune, ["search", "--project", str(project), "--workers", "1"])
     assert result.exit_code == 0, result.output
     state = load_project(project)
     assert len(state.trials) == state.plan.total_trials == 4

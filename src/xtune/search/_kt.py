@@ -174,10 +174,10 @@ class OracleCalls:
 
         self._service = protos.get_service()
         self._stub = protos.get_service_grpc().OracleStub(channel)
-        self._timeout = timeout
+        self.timeout = timeout  # the caller may shorten it (a stopping worker)
 
     def _call(self, method: str, request):
-        return getattr(self._stub, method)(request, wait_for_ready=True, timeout=self._timeout)
+        return getattr(self._stub, method)(request, wait_for_ready=True, timeout=self.timeout)
 
     def get_space(self):
         response = self._call("GetSpace", self._service.GetSpaceRequest())

@@ -41,6 +41,10 @@ from xtune.search._worker_request import WorkerOutcome, WorkerRequest, check_wor
 # when every worker has heard that the plan is done, so the cap is also its last wait.
 IDLE_SLEEP = (0.1, 0.5)
 RPC_TIMEOUT = 30  # seconds a worker waits for an unreachable chief before it stops (KerasTuner: 1 h)
+# Once it is stopping (Ctrl-C, SIGTERM, its supervisor gone), at most this long: its trial is
+# resumable whatever the chief hears, and a chief stopped first would hold the worker (and
+# the next `tune search`, which waits for it) for the whole RPC_TIMEOUT.
+STOPPING_RPC_TIMEOUT = 5
 
 
 def _default_worker_ids():
@@ -219,6 +223,8 @@ class RemoteOracle(keras_tuner.Oracle):
 
         from xtune.search._callbacks import ChiefLost
 
+        if self._stop_event.is_set():
+            self._calls.timeout = min(self._calls.timeout, STOPPING_RPC_TIMEOUT)
         try:
             return getattr(self._calls, name)(*args, **kwargs)
         except grpc.RpcError as error:
