@@ -25,18 +25,23 @@ def _all_commands():
     return list(walk(tune, []))
 
 
-@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p) or "tune")
-def test_every_help_works_without_heavy_imports(path):
+def run_tune(args, **kwargs):
+    """`tune ARGS` in a fresh interpreter; its stdout ends with ``HEAVY:`` and the heavy modules it loaded."""
     code = (
         "import sys\n"
         "from xtune.cli import main\n"
         "try:\n"
-        f"    main({path + ['--help']!r})\n"
+        f"    main({list(args)!r})\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
         f"print('HEAVY:' + ' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p) or "tune")
+def test_every_help_works_without_heavy_imports(path):
+    out = run_tune(path + ["--help"])
     assert out.returncode == 0, out.stderr
     assert "Usage:" in out.stdout
     assert out.stdout.strip().endswith("HEAVY:")
@@ -60,14 +65,7 @@ def test_the_tune_process_of_a_search_with_workers_never_imports_tensorflow(tmp_
     make_image_folder(tmp_path / "images", per_class=8, size=16)
     args = ["search", "--data", "images", "--project", "p", "--data-dir", "d", "--image-size", "16",
             "--batch-size", "8", "--space", "small", "--max-trials", "2", "--max-epochs", "1", "--workers", "2"]
-    code = ("import sys\n"
-            "from xtune.cli import main\n"
-            "try:\n"
-            f"    main({args!r})\n"
-            "except SystemExit as e:\n"
-            "    assert e.code == 0, e.code\n"
-            f"print('HEAVY:' + ' '.join(m for m in {HEAVY!r} if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = run_tune(args, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 trials at once" in out.stdout and "Search finished" in out.stdout, out.stdout
     assert out.stdout.strip().endswith("HEAVY:"), out.stdout[-500:]
