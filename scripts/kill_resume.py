@@ -5,10 +5,13 @@
 1. Generates a tiny two-class image folder (16 px) and runs the search once without
    interruption, as one process: the reference.
 2. Runs the same search in a subprocess and kills it with SIGKILL, over and over,
-   aiming at: the first trial, the moments between trials, the inside of an epoch,
-   and the inside of a state write (writes are slowed down with the fault hook
+   aiming at: the first trial, the moments between trials, the inside of an epoch
+   that follows a saved one of the same trial, and the inside of a state write (writes are slowed down with the fault hook
    ``XTUNE_FAULT_PAUSE_WRITE`` for that, and the kill lands while a temporary file
-   exists). After every kill, every state file must still load; then it resumes.
+   exists). A kill fires only once the project on disk is in the phase it aims at (a
+   trial's end line that comes while a write is under way waits for the next one), so
+   each kill is of the kind its report line says. After every kill, every state file
+   must still load; then it resumes.
 3. At the end: every trial of the plan completed exactly once, no trial id or
    architecture twice, and the same trials (architecture, bracket, round) as the
    reference; every trial interrupted after a completed epoch resumed from that epoch.
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from xtune.data._synthetic import make_image_folder
 
 PHASES = ("first trial", "between trials", "inside an epoch", "during a state write")
+_EPOCH_DONE = re.compile(r"^\s+trial \S+ epoch (?P<epoch>\d+)/(?P<epochs>\d+)\b")  # --verbose, one per epoch
 
 
 def make_images(folder: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
@@ -106,14 +111,20 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l.rstrip("\n")) for l in proc.stdout], daemon=True).start()
     seen, killed_at, deadline = [], None, time.monotonic() + timeout
-    epochs_seen = 0
+    epochs_seen, trial_goes_on = 0, False
     wait_epochs = rng.randint(1, 3)
     while time.monotonic() < deadline:
         new = []
         while not lines.empty():
             new.append(lines.get())
         seen.extend(new)
-        epochs_seen += sum(l.strip().startswith("trial") and " epoch " in l for l in new)
+        # An epoch that is not its trial's last ("    trial 0004 epoch 2/3 [worker-2]  ..."): a
+        # kill soon after lands inside the trial's next epoch, with a saved epoch to resume from.
+        ends = [_EPOCH_DONE.search(l) for l in new]
+        ends = [m for m in ends if m]
+        epochs_seen += len(ends)
+        if ends:
+            trial_goes_on = int(ends[-1]["epoch"]) < int(ends[-1]["epochs"])
         if proc.poll() is not None and lines.empty():
             break
         fire = False
@@ -126,7 +137,7 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
         elif target == "between trials":
             fire = any(l.startswith("trial ") for l in new)
         elif target == "inside an epoch":
-            if epochs_seen >= wait_epochs:
+            if epochs_seen >= wait_epochs and trial_goes_on:
                 time.sleep(rng.uniform(0.05, 0.4))
                 fire = True
         elif target == "during a state write":
@@ -135,6 +146,13 @@ def kill_once(cmd, project: Path, target: str, rng: random.Random, timeout: floa
             fire = stale is not None and bool(set(project.rglob("*.tmp-*")) - stale)
         if fire:
             killed_at = _phase_now(project, target == "inside an epoch", at_launch if stale is None else stale)
+            if killed_at != target and target in ("between trials", "inside an epoch"):
+                # Not yet the moment aimed at (no trial has ended, or the other worker is
+                # writing): wait for the next one rather than count a kill of another kind.
+                # On a fast machine, a trial's end line often comes while a write is under way.
+                killed_at = None
+                time.sleep(0.01)
+                continue
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             break
@@ -237,6 +255,7 @@ def run(args) -> dict:
     report = {
         "kills": len(kills),
         "kills_by_phase": {p: sum(k["killed_at"] == p for k in kills) for p in PHASES},
+        "kill_log": [{k: kill[k] for k in ("target", "killed_at", "seconds", "trials_on_disk")} for kill in kills],
         "seconds_per_kill": [k["seconds"] for k in kills],
         "plan_trials": plan_total,
         "trials_completed": sum(t["status"] == "COMPLETED" for t in got.values()),
