@@ -75,13 +75,15 @@ def rows() -> list[str]:
                             "`clear_session()` + `gc.collect()` cycles: last vs fifth", f"{rss[-1]:.0f} MB",
                             f"{rss[4]:.0f} MB", f"{k['rss_last_over_fifth']:.3f}", "-",
                             "python -m benchmarks search_costs"))
-        if (d := r.get("default_command")):
+        for d in (r[k] for k in ("default_command", "default_command_64px") if k in r):
             share = d["outside_training_share"]
-            out.append(_row(f"wall time with no training epoch running ({d['trials']} trials, 32 px, launch to end): "
-                            "the default command (2 workers) vs one process",
+            out.append(_row(f"wall time with no training epoch running ({d['trials']} trials, {d['image_size']} px, "
+                            "launch to end): the default command (2 workers) vs one process",
                             f"{share['default']:.1%}", f"{share['--workers 1']:.1%}",
                             f"{share['default'] / share['--workers 1']:.2f} (trials/h {d['trials_per_hour_ratio']:.2f}x)",
-                            "default <= 25%", "python -m benchmarks.search_costs --only default"))
+                            "default <= 25%" if d["image_size"] == 32 else "-",
+                            "python -m benchmarks.search_costs --only default"
+                            + (f" --default-sizes {d['image_size']}" if d["image_size"] != 32 else "")))
         if (m := r.get("supervised_memory")):
             rss = m["rss_mb_after_each_trial"]
             out.append(_row(f"RSS after each of {m['trials']} trials of `tune search` (restarts its process when "

@@ -1,6 +1,7 @@
 """What the search costs beyond training: loop overhead, bookkeeping, memory, backups.
 
     python -m benchmarks.search_costs [--only loop,overhead,default,backups] [--trials 30] [--repeats 1]
+                                      [--default-sizes 32,64]
 
 On the demo digits (1,797 real images, 32 px), all in one run:
 
@@ -24,6 +25,8 @@ On the demo digits (1,797 real images, 32 px), all in one run:
   every process's epochs; a run's first epoch counts as long as its trial's later ones,
   the rest of it is graph tracing), and beside it the share of each process's time
   outside its epochs. Goal (issue #17): the first <= 25 % with the default command.
+  ``--default-sizes 32,64`` runs this part at each image size (default: 32 px only);
+  64 px trains about 3x longer per epoch while the fixed costs stay, so its share is lower.
 - keras_memory: the baseline for "memory": RSS after each of 30 cycles of a bare
   Keras build + fit (2 epochs) + ``clear_session()`` + ``gc.collect()`` of the same
   space's models, no xtune search code: how much TensorFlow itself keeps per model.
@@ -226,7 +229,8 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int = 1) -> dict:
+def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int = 1,
+                    image_size: int = IMAGE_SIZE) -> dict:
     """The share of wall time with no training epoch running: default command vs one process."""
     from xtune._events import EpochEnded, TrialEnded
     from xtune.search import SearchRequest, _launch, start_search
@@ -240,7 +244,7 @@ def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int =
             received.append((child.name, event.trial_id, time.monotonic(), event.seconds))
         return original(self, child, event)
 
-    given = {"data": "demo", "image_size": IMAGE_SIZE, "batch_size": BATCH, "max_trials": trials, "max_epochs": 4}
+    given = {"data": "demo", "image_size": image_size, "batch_size": BATCH, "max_trials": trials, "max_epochs": 4}
     runs = []
     _launch._Launch._on_event = spy
     try:
@@ -248,7 +252,7 @@ def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int =
             for workers in (None, 1):
                 received.clear()
                 ended.clear()
-                project = work / f"default-{r}-{workers}"
+                project = work / f"default-{image_size}-{r}-{workers}"
                 start = time.monotonic()
                 start_search(SearchRequest(str(project), given, "small", str(data_dir), workers=workers),
                              lambda e: ended.append(e) if isinstance(e, TrialEnded) else None)
@@ -268,7 +272,7 @@ def default_command(data_dir: Path, work: Path, trials: int = 30, repeats: int =
         _launch._Launch._on_event = original
     best = {c: min((r for r in runs if r["command"] == c), key=lambda r: r["outside_training_share"])
             for c in ("default", "--workers 1")}
-    return {"trials": trials, "image_size": IMAGE_SIZE, "space": "small", "repeats": repeats, "runs": runs,
+    return {"trials": trials, "image_size": image_size, "space": "small", "repeats": repeats, "runs": runs,
             "outside_training_share": {c: b["outside_training_share"] for c, b in best.items()},
             "trials_per_hour_ratio": round(best["default"]["trials_per_hour"] / best["--workers 1"]["trials_per_hour"], 2),
             "goal": "default <= 0.25"}
@@ -354,6 +358,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each command in part 'default'")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--default-sizes", default=str(IMAGE_SIZE), help="image sizes of part 'default' (32,64)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="xtune-bench-"))
     data_dir = args.data_dir or work / "data"
@@ -367,7 +372,9 @@ def main(argv=None) -> dict:
         if "overhead" in wanted:
             result["search_overhead"] = search_overhead(splits, data_info, work, args.trials)
         if "default" in wanted:
-            result["default_command"] = default_command(data_dir, work, args.trials, args.repeats)
+            for size in (int(x) for x in args.default_sizes.split(",")):
+                key = "default_command" if size == IMAGE_SIZE else f"default_command_{size}px"
+                result[key] = default_command(data_dir, work, args.trials, args.repeats, size)
         if "memory" in wanted:
             result["supervised_memory"] = supervised_memory(data_dir, work, args.trials)
         if "keras_memory" in wanted:
