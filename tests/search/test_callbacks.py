@@ -35,3 +35,22 @@ def test_a_batch_norm_model_trained_a_few_steps_scores_above_chance():
     fresh.on_train_begin()
     fresh.on_epoch_end(3, logs)
     assert logs["val_accuracy"] >= 0.75 and logs["val_loss"] < history["val_loss"][-1]
+
+
+def test_the_re_estimation_graph_is_traced_once_whatever_the_batch_sizes():
+    """A dataset with fewer batches per epoch than the re-estimation uses ends on a
+    smaller batch; the graph takes any batch size, so that batch does not trace the model
+    a second time in every trial (0.15-0.17 s each on 2- and 3-stage models of the space,
+    32 px, measured on a 2-core AMD EPYC)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from xtune._runtime import training_forward
+    from xtune.spaces import MiniXceptionConfig, build_model
+
+    config = MiniXceptionConfig(num_stages=1, base_width=8, stem_filters=8, stem_kernel=3, bn_momentum=0.9)
+    model = build_model(config, (16, 16, 3), 2, strided_projection=False)
+    forward = training_forward(model)
+    for n in (16, 16, 5, 16, 3):
+        forward(tf.constant(np.zeros((n, 16, 16, 3), np.float32)))
+    assert forward.experimental_get_tracing_count() == 1
