@@ -19,6 +19,18 @@ def _row(what, figure, baseline, ratio, goal, source):
     return f"| {what} | {figure} | {baseline} | {ratio} | {goal} | `{source}` |"
 
 
+def _label_machines(out: list[str], marks: list[tuple[int, dict]]) -> None:
+    """Append "(on CPU, date)" to the rows of each part that says where it ran."""
+    bounds = [m[0] for m in marks[1:]] + [len(out)]
+    for (first, part), last in zip(marks, bounds):
+        on = part.get("measured_on")
+        if not on:
+            continue
+        for i in range(first, last):
+            what, rest = out[i][2:].split(" | ", 1)
+            out[i] = f"| {what} (on {on.get('cpu')}, {str(on.get('date'))[:10]}) | {rest}"
+
+
 def rows() -> list[str]:
     out = []
     if (r := _load("startup")):
@@ -50,7 +62,9 @@ def rows() -> list[str]:
                             f"{s['ratio_first_epoch']:,.1f}x / {s['ratio_cached']:,.0f}x", "> 1",
                             "python -m benchmarks pipeline"))
     if (r := _load("search_costs")):
+        marks: list[tuple[int, dict]] = []  # (first row, part): each part says where it ran
         if (t := r.get("training_loop")):
+            marks.append((len(out), t))
             out.append(_row("training inside `tune search` vs bare `model.fit` (images/s, 32 px)",
                             f"{t['search_images_per_s']:,.0f}/s", f"{t['bare_fit_images_per_s']:,.0f}/s",
                             f"{t['ratio']:.3f}", t["goal"], "python -m benchmarks search_costs"))
@@ -61,6 +75,7 @@ def rows() -> list[str]:
                                 f"{t['bare_fit_images_per_s']:,.0f}/s", f"{t['ratio_without_bn_refresh']:.3f}",
                                 t["goal"], "python -m benchmarks search_costs"))
         if (o := r.get("search_overhead")):
+            marks.append((len(out), o))
             top = max(o["overhead_s"], key=o["overhead_s"].get)
             out.append(_row(f"search time outside training epochs ({o['trials']} trials, 32 px)",
                             f"{o['overhead_share']:.1%} of {o['wall_s']:.0f} s", "-", f"largest part: {top}",
@@ -70,12 +85,14 @@ def rows() -> list[str]:
                             "last vs fifth", f"{rss[-1]:.0f} MB", f"{rss[min(4, len(rss) - 1)]:.0f} MB",
                             f"{o['rss_last_over_fifth']:.3f}", "<= 1.2", "python -m benchmarks search_costs"))
         if (k := r.get("keras_memory")):
+            marks.append((len(out), k))
             rss = k["rss_mb_after_each_cycle"]
             out.append(_row(f"the cause, without xtune: RSS after each of {k['cycles']} bare Keras build + fit + "
                             "`clear_session()` + `gc.collect()` cycles: last vs fifth", f"{rss[-1]:.0f} MB",
                             f"{rss[4]:.0f} MB", f"{k['rss_last_over_fifth']:.3f}", "-",
                             "python -m benchmarks search_costs"))
         for d in (r[k] for k in ("default_command", "default_command_64px") if k in r):
+            marks.append((len(out), d))
             share = d["outside_training_share"]
             out.append(_row(f"wall time with no training epoch running ({d['trials']} trials, {d['image_size']} px, "
                             "launch to end): the default command (2 workers) vs one process",
@@ -85,16 +102,19 @@ def rows() -> list[str]:
                             "python -m benchmarks.search_costs --only default"
                             + (f" --default-sizes {d['image_size']}" if d["image_size"] != 32 else "")))
         if (m := r.get("supervised_memory")):
+            marks.append((len(out), m))
             rss = m["rss_mb_after_each_trial"]
             out.append(_row(f"RSS after each of {m['trials']} trials of `tune search` (restarts its process when "
                             f"memory grows {m['recycle_mb']:.0f} MB: {m['restarts']} restart(s)): last vs fifth",
                             f"{rss[-1]:.0f} MB", f"{rss[min(4, len(rss) - 1)]:.0f} MB",
                             f"{m['rss_last_over_fifth']:.3f}", "<= 1.2", "python -m benchmarks search_costs"))
         if (b := r.get("epoch_backups")):
+            marks.append((len(out), b))
             out.append(_row("per-epoch backups (mid-trial resume): search wall time with vs without",
                             f"{sum(b['with_backups_s']) / len(b['with_backups_s']):.0f} s",
                             f"{sum(b['without_backups_s']) / len(b['without_backups_s']):.0f} s",
                             f"{b['ratio']:.3f}", "close to 1", "python -m benchmarks search_costs"))
+        _label_machines(out, marks)
     if (r := _load("budget")):
         p, c, q = r["plan"], r["budget_check"], r["ratio_budgeted_over_unbudgeted"]
         b, u = r["runs"]["budgeted"], r["runs"]["unbudgeted"]
@@ -170,8 +190,13 @@ def rows() -> list[str]:
 def _machines() -> str:
     """Each machine the results came from (CPU, cores, GPUs), once, with the dates of its runs."""
     seen: dict[tuple, dict] = {}
+    machines = []
     for path in sorted(RESULTS.glob("*.json")):
-        m = json.loads(path.read_text()).get("machine") or {}
+        data = json.loads(path.read_text())
+        machines.append(data.get("machine") or {})
+        # A benchmark run in parts (search_costs --only) keeps where each part ran.
+        machines += [v["measured_on"] for v in data.values() if isinstance(v, dict) and "measured_on" in v]
+    for m in machines:
         if not m:
             continue
         key = (m.get("cpu") or "unknown CPU", m.get("cores"), tuple(m.get("gpus") or ()))

@@ -352,6 +352,9 @@ def backup_cost(splits, data_info, work: Path, rounds: int = 2) -> dict:
     }
 
 
+_MACHINE_KEYS = ("cpu", "cores", "memory_gb", "gpus", "versions", "date")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS))
@@ -383,13 +386,20 @@ def main(argv=None) -> dict:
             result["epoch_backups"] = backup_cost(splits, data_info, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from benchmarks._common import machine
+
+    here = machine()
+    for part in result.values():  # each part says where it ran: a partial run keeps older parts
+        part["measured_on"] = {k: here.get(k) for k in _MACHINE_KEYS}
     if wanted != set(PARTS):  # a partial run keeps the other parts' figures
         import json
 
         previous = Path(__file__).parent / "results" / "search_costs.json"
         if previous.exists():
             kept = json.loads(previous.read_text())
-            result = {**{k: v for k, v in kept.items() if k not in ("benchmark", "machine")}, **result}
+            before = {k: (kept.get("machine") or {}).get(k) for k in _MACHINE_KEYS}
+            kept = {k: {"measured_on": before, **v} for k, v in kept.items() if k not in ("benchmark", "machine")}
+            result = {**kept, **result}
     write_result("search_costs", result)
     dump(result)
     return result
