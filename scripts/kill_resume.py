@@ -6,12 +6,12 @@
    interruption, as one process: the reference.
 2. Runs the same search in a subprocess and kills it with SIGKILL, over and over,
    aiming at: the first trial, the moments between trials, the inside of an epoch
-   that follows a saved one of the same trial, and the inside of a state write (writes are slowed down with the fault hook
-   ``XTUNE_FAULT_PAUSE_WRITE`` for that, and the kill lands while a temporary file
-   exists). A kill fires only once the project on disk is in the phase it aims at (a
-   trial's end line that comes while a write is under way waits for the next one), so
-   each kill is of the kind its report line says. After every kill, every state file
-   must still load; then it resumes.
+   that follows a saved one of the same trial, and the inside of a state write
+   (writes are slowed down with the fault hook ``XTUNE_FAULT_PAUSE_WRITE`` for that,
+   and the kill lands while a temporary file exists). A kill fires only once the
+   project on disk is in the phase it aims at (a trial's end line that comes while a
+   write is under way waits for the next one), so each kill is of the kind its report
+   line says. After every kill, every state file must still load; then it resumes.
 3. At the end: every trial of the plan completed exactly once, no trial id or
    architecture twice, and the same trials (architecture, bracket, round) as the
    reference; every trial interrupted after a completed epoch resumed from that epoch.
