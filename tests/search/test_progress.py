@@ -93,3 +93,42 @@ def test_trials_left_are_dealt_to_the_workers_as_they_free_up():
     assert simulate_workers([], [], 2) == 0.0
     # Three trials running where one worker was announced (others joined a chief): three workers.
     assert simulate_workers([2.0, 2.0, 2.0], [], 1) == pytest.approx(2.0)
+
+
+def test_tune_status_shares_the_work_left_among_the_live_workers_not_the_trials_running_now(tmp_path):
+    """`tune status` of a 2-worker search at a moment when one trial runs (a bracket waits
+    for it, or the other worker is between trials) says the same time left as when both
+    run: the work left is the same, and so are the workers."""
+    import fcntl
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from xtune.search._progress import remaining_seconds
+
+    def trial(epochs, seconds, status="COMPLETED"):
+        return SimpleNamespace(epochs=epochs, initial_epoch=0, status=status, record=SimpleNamespace(seconds=seconds))
+
+    ended = [trial(2, 10.0), trial(4, 20.0)]  # 5 s per epoch, nothing fixed
+    plan = SimpleNamespace(total_trials=6, total_epochs=22)  # 4 trials and 16 epochs left: 80 s of work
+
+    def state(active, running=True):
+        return SimpleNamespace(ended=ended, plan=plan, epochs_done=6, active=active, running=running, path=tmp_path)
+
+    (tmp_path / "cluster").mkdir()
+    held = []
+    for worker in ("worker-1", "worker-2"):
+        fd = os.open(tmp_path / "cluster" / f"worker-{worker}.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": os.getpid()}).encode())
+        held.append(fd)
+    try:
+        both = remaining_seconds(state([trial(4, None, "RUNNING"), trial(4, None, "RUNNING")]))
+        one = remaining_seconds(state([trial(4, None, "RUNNING")]))
+        none = remaining_seconds(state([]))
+        assert both == one == none == pytest.approx(40.0)
+    finally:
+        for fd in held:
+            os.close(fd)
+    # The workers gone (their slots free): one process, the whole 80 s.
+    assert remaining_seconds(state([trial(4, None, "RUNNING")])) == pytest.approx(80.0)

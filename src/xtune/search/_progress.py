@@ -170,6 +170,12 @@ def remaining_seconds(state) -> float | None:
     Fits each ended trial's seconds as a fixed part plus a part per epoch (least
     squares; one rate when every trial trained as many epochs), then prices what the
     plan has left: its trials and its epochs. None before two trials have ended.
+
+    That work is shared by the search's workers: the worker slots held now
+    (``cluster/worker-*.lock``, one per live worker process), at least the trials
+    running, at most the trials left. Not the trials running alone: between two
+    trials, or while a bracket waits for another worker's trial, fewer run than there
+    are workers, and the estimate doubled for that moment.
     """
     points = [(t.epochs - t.initial_epoch, t.record.seconds) for t in state.ended
               if t.record.seconds is not None and t.epochs is not None]
@@ -178,5 +184,14 @@ def remaining_seconds(state) -> float | None:
     fixed, per_epoch = fit_trial_times(points)
     trials_left = max(state.plan.total_trials - len(state.ended), 0)
     epochs_left = max(state.plan.total_epochs - state.epochs_done, 0)
-    side_by_side = max(1, len(state.active))  # several workers run trials at once
+    side_by_side = min(max(1, _live_workers(state), len(state.active)), max(1, trials_left))
     return (trials_left * fixed + epochs_left * per_epoch) / side_by_side
+
+
+def _live_workers(state) -> int:
+    """Worker processes of a running search: its held worker slots (0 for one process)."""
+    from xtune.search._project import CLUSTER_DIR, _holder
+
+    if not state.running:
+        return 0
+    return sum(_holder(path) is not None for path in (state.path / CLUSTER_DIR).glob("worker-*.lock"))
