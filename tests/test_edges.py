@@ -521,3 +521,21 @@ def test_a_refused_search_starts_no_process(tmp_path, monkeypatch, workers):
     refused = error_line(run("search", "--project", users, "--data", "demo", "--workers", workers), 2)
     assert "is not a tune search: it holds notes.md" in refused
     assert sorted(p.name for p in project.iterdir()) == before and sorted(p.name for p in users.iterdir()) == ["notes.md"]
+
+
+def test_a_workers_lines_before_its_log_folder_exists_reach_the_log(tmp_path):
+    """A worker starts with its chief, before the chief creates the project: what it
+    prints then (a warning, a crash's last words) goes to its log once the folder exists,
+    first, in order, not lost."""
+    import io
+    import queue
+
+    from xtune._process import Child, ChildSpec
+
+    log = tmp_path / "project" / "cluster" / "worker-1.log"
+    child = Child(ChildSpec("worker-1", "worker", {}, log=log), queue.Queue(), on_output=None)
+    child._read_output(io.BytesIO(b"importing\nwarming up\n"), is_err=True)
+    assert not log.exists()  # the folder is the chief's to create; a refused search leaves none
+    log.parent.mkdir(parents=True)
+    child._read_output(io.BytesIO(b"serving\n"), is_err=False)
+    assert log.read_text().splitlines() == ["importing", "warming up", "serving"]

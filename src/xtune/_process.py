@@ -40,6 +40,8 @@ from typing import TextIO
 
 from xtune._events import ChildError, ChildOutcome, EpochEnded, Event, ProcessRestarted, TrialEnded, from_dict
 
+EARLY_LINES = 1000  # kept for a log whose folder does not exist yet; the oldest go first
+
 RECYCLE_EXIT = 75  # a child's exit code for "my memory grew: start me again"
 MAX_DEATHS = 3
 STAGE_TIMEOUT = 60.0  # seconds a stopping stage may take before it is killed
@@ -89,6 +91,10 @@ class Child:
         self.stop_sent = False
         self.tail: deque[str] = deque(maxlen=50)
         self._log: TextIO | None = None
+        # Lines written before the log's folder exists (a worker starts with its chief,
+        # before the chief creates the project), written first once it does.
+        self._early: deque[str] = deque(maxlen=EARLY_LINES)
+        self._log_lock = threading.Lock()  # stdout's and stderr's readers both write
 
     @property
     def name(self) -> str:
@@ -137,9 +143,14 @@ class Child:
             if log is None:
                 self.on_output(self, line, is_err)
                 continue
-            if self._log is None and log.parent.is_dir():
-                self._log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - open while the child lives
-            if self._log is not None:
+            with self._log_lock:
+                if self._log is None and log.parent.is_dir():
+                    self._log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - open while the child lives
+                    self._log.writelines(early + "\n" for early in self._early)
+                    self._early.clear()
+                if self._log is None:
+                    self._early.append(line)
+                    continue
                 self._log.write(line + "\n")
                 self._log.flush()
 
